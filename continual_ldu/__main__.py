@@ -1,0 +1,5 @@
+import sys
+
+from continual_ldu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The engine: every side effect (training loops, files, progress, tracking)."""

@@ -1,0 +1,1 @@
+"""The algorithm: trajectory maps, objectives and the protection map (no side effects)."""
