@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ldu static recipes/static_tiny.yaml
+	$(VENV)/bin/ldu train recipes/adaptive_tiny.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check continual_ldu tests bench

@@ -1,5 +1,6 @@
 """``ldu``: the command line. Every subcommand takes a recipe and ``key=value`` overrides.
 
+  ldu train RECIPE [k=v ...]           the adaptive continual min-max job (resume=auto by default)
   ldu static RECIPE [k=v ...]          fit the surrogate, train rho, protect (the paper's pipeline)
   ldu fit-surrogate RECIPE [k=v ...]   stage 1 only
   ldu train-net RECIPE [k=v ...]       stage 2 only (needs stage 1's output)
@@ -36,6 +37,15 @@ def _report(summary: dict, output_dir: Path) -> int:
         f"{summary['num_skipped']} skipped; summary: {output_dir / 'summary.json'}"
     )
     return EXIT_SKIPPED if summary["num_skipped"] else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from continual_ldu.engine.trainer import TrainConfig, Trainer
+
+    cfg = load_config(TrainConfig, args.recipe, args.overrides)
+    result = Trainer(cfg).train()
+    print(json.dumps(result))
+    return 0
 
 
 def cmd_static(args: argparse.Namespace) -> int:
@@ -86,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, help_text in [
+        ("train", cmd_train, "run the adaptive continual min-max job over a stream"),
         ("static", cmd_static, "fit the surrogate, train the net and protect"),
         ("fit-surrogate", cmd_fit_surrogate, "fit the surrogate personalizer on clean images"),
         ("train-net", cmd_train_net, "train the perturbation net against the surrogate"),

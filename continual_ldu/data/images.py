@@ -17,6 +17,7 @@ Skip rules, checked in this order:
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
@@ -40,6 +41,7 @@ __all__ = [
     "iter_folder",
     "load_folder",
     "load_image",
+    "load_image_bytes",
     "prepare",
     "save_png",
     "scan_folder",
@@ -122,6 +124,26 @@ def load_image(
     return LoadedImage(
         path=path, name=name if name is not None else path.name, image=image, notes=notes
     )
+
+
+def load_image_bytes(
+    data: bytes,
+    name: str,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """Decode in-memory bytes (a tar member, a dataset cell) by the same rules as ``load_image``.
+
+    Rule 1 looks at ``name``'s extension alone, as there is no file to stat; a name without an
+    extension (a dataset cell with no file name) is judged by its content. ``path`` is ``name``.
+    """
+    path = Path(name)
+    ext = path.suffix.lower()
+    if ext and ext not in IMAGE_EXTENSIONS:
+        raise ImageSkipped(path, f"not an image file (extension {ext})")
+    notes: list[str] = []
+    image = _decode(io.BytesIO(data), path, min_side, max_pixels, notes)
+    return LoadedImage(path=path, name=name, image=image, notes=notes)
 
 
 def scan_folder(folder: Path, recursive: bool = True) -> list[Path]:

@@ -258,7 +258,7 @@ def train_net(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> P
         loss = lagrangian(pers, budget_penalty(dist, budget), state["lambda"])
         record = {
             "step": step,
-            "personalization_loss": float(pers),
+            "personalization_loss": pers.item(),
             "lambda": state["lambda"],
             "budget_ratio": float(dist.mean() / budget),
             "psnr": mse_to_psnr(float(distance(protected, batch.clean, "mse").mean())),

@@ -47,7 +47,8 @@ class Protector:
 
     def shifted_latents(self, prepared: Prepared) -> torch.Tensor:
         """z0' = Phi^denoise(z_T + rho(z_T)), differentiable in rho."""
-        return self.trajectory.denoise(self.net(prepared.start.to(self.net.dtype)))
+        dtype = next(self.net.parameters()).dtype  # works for DDP-wrapped nets too
+        return self.trajectory.denoise(self.net(prepared.start.to(dtype)))
 
     def compose(self, prepared: Prepared, latents: torch.Tensor) -> torch.Tensor:
         """x' from z0' (unclamped, in [-1, 1] units)."""

@@ -109,5 +109,21 @@ class Personalizer(nn.Module):
         total = instance + self.cfg.prior_loss_weight * prior
         return {"loss": total, "instance": instance, "prior": prior}
 
+    def forward(
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator | None = None,
+        objective: str = "training",
+        num_samples: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """``training_loss`` (the attacker's step), or the instance ``loss`` (what rho maximises).
+
+        DDP and DeepSpeed wrap ``forward``, and ``torch.func.functional_call`` swaps parameters
+        around it, so both losses are reachable through here.
+        """
+        if objective == "instance":
+            return {"loss": self.loss(latents, generator, num_samples)}
+        return self.training_loss(latents, generator)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

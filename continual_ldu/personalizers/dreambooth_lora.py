@@ -47,9 +47,17 @@ class DreamBoothLoRA(Personalizer):
         return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
 
     def save(self, folder: Path) -> None:
-        """``pytorch_lora_weights.safetensors``, loadable by ``load_lora_weights``."""
+        """``pytorch_lora_weights.safetensors``, loadable by ``load_lora_weights``.
+
+        The adapter config goes into the file's metadata (diffusers' ``lora_adapter_metadata``):
+        without it a stock loader assumes ``lora_alpha == rank`` and applies the adapters at the
+        wrong scale whenever ``lora_alpha`` is set otherwise.
+        """
         StableDiffusionPipeline.save_lora_weights(
-            str(folder), unet_lora_layers=self.lora_state_dict(), safe_serialization=True
+            str(folder),
+            unet_lora_layers=self.lora_state_dict(),
+            unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
         )
 
     def load(self, folder: Path) -> None:
