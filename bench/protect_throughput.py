@@ -16,9 +16,9 @@ after ``reset_peak_memory_stats``; on CPU the process's peak RSS (VmHWM in /proc
 per setting by writing 5 to /proc/self/clear_refs; freed heap is trimmed first). The delta column is
 that peak above the memory in use just before the timed iterations (model, net and inputs loaded).
 
-Run (the Makefile's ``make bench`` runs the defaults):
+Run from the repository root (the recipe's data path is relative; ``make bench`` runs the defaults):
     HF_HUB_OFFLINE=1 LDU_CACHE=/tmp/ldu-bench-cache .venv/bin/python bench/protect_throughput.py
-    ... bench/protect_throughput.py --batch-sizes 1 8 --resolutions 64 256 --iters 3 \\
+    ... bench/protect_throughput.py --batch-sizes 1 8 --resolutions 64 256 --iters 2 \\
         --json /tmp/throughput.json net.widths=[64,128,256,512] net.bottleneck=1024
 Other jobs on the machine slow it down; the load average is printed before and after the run.
 On a busy small CPU machine torch's spinning OpenMP threads lose far more than their share:
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--iters", type=int, default=3, help="timed iterations per setting")
+    parser.add_argument("--iters", type=int, default=2, help="timed iterations per setting")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per setting")
     parser.add_argument("--head-std", type=float, default=0.05, help="std of rho's head init")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,7 +83,9 @@ def load_bench_config(recipe: Path, overrides: list[str], resolution: int) -> St
     return cfg
 
 
-def build_net(cfg: StaticConfig, channels: int, device: torch.device, seed: int, std: float):
+def build_net(
+    cfg: StaticConfig, channels: int, device: torch.device, seed: int, std: float
+) -> PerturbationNet:
     """rho with the recipe's widths; random body, seeded small normal head (not the zero init)."""
     torch.manual_seed(seed)
     net = PerturbationNet(channels, cfg.net.widths, cfg.net.bottleneck)
@@ -148,7 +150,9 @@ def read_peak(device: torch.device) -> int:
     return rss_kib("VmHWM") * 1024
 
 
-def measure(protector: Protector, images: torch.Tensor, cfg: StaticConfig, args) -> dict:
+def measure(
+    protector: Protector, images: torch.Tensor, cfg: StaticConfig, args: argparse.Namespace
+) -> dict:
     """Warm up, then time ``args.iters`` protection calls of the batch ``images``."""
     device, batch = images.device, len(images)
     for _ in range(args.warmup):

@@ -32,11 +32,10 @@ class ReplayBuffer:
         if prepared.reference is not None:
             new["reference"] = prepared.reference
         for name, value in new.items():
-            joined = (
-                torch.cat([self.tensors[name], value.cpu()])
-                if name in self.tensors
-                else value.cpu()
-            )
+            # Contiguous, as a checkpoint restores them: a kernel may round differently for
+            # another memory layout (e.g. channels-last conv outputs), breaking exact resume.
+            value = value.detach().cpu().contiguous()
+            joined = torch.cat([self.tensors[name], value]) if name in self.tensors else value
             self.tensors[name] = joined[-self.capacity :] if self.capacity > 0 else joined[:0]
 
     def sample(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -107,6 +107,15 @@ def write_checkpoint(trainer, staging: Path) -> None:
     dump_config(trainer.cfg, staging / "config.yaml")
 
 
+def load_aligned(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as freshly allocated tensors.
+
+    Tensors viewed straight out of the file can sit at unaligned addresses, which makes CPU
+    kernels take other vector paths and round differently; fresh copies keep resume exact.
+    """
+    return {name: value.clone() for name, value in load_file(str(path)).items()}
+
+
 def read_checkpoint(trainer, path: Path) -> None:
     """Restore everything ``write_checkpoint`` wrote."""
     dist = trainer.dist
@@ -122,8 +131,8 @@ def read_checkpoint(trainer, path: Path) -> None:
     trainer.net_optimizer.load_state_dict(torch.load(path / "net_optimizer.pt", weights_only=False))
     trainer.attacker.load(path / "attacker")
     trainer.runner.load_state(path)
-    trainer.pool.load_state_dict(load_file(str(path / "pool.safetensors")))
-    trainer.replay.load_state_dict(load_file(str(path / f"replay-rank-{dist.rank}.safetensors")))
+    trainer.pool.load_state_dict(load_aligned(path / "pool.safetensors"))
+    trainer.replay.load_state_dict(load_aligned(path / f"replay-rank-{dist.rank}.safetensors"))
     rank_part = torch.load(path / f"rank-{dist.rank}.pt", weights_only=False)
     trainer.stream.load_state_dict(rank_part["stream"])
     load_rng(rank_part["rng"], trainer.generator)

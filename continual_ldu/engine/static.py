@@ -165,7 +165,7 @@ def build_surrogate(cfg: StaticConfig, model: LatentDiffusionModel) -> Personali
 def fit_surrogate(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> Personalizer:
     """Stage 1: fit the surrogate personalizer on the clean images; save it."""
     model = model or load_model(cfg.model)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)  # after loading: a first build of builtin:tiny draws from it
     cfg.out.mkdir(parents=True, exist_ok=True)
     latents = encode_batched(model, load_clean_images(cfg, model.device))
     personalizer = build_surrogate(cfg, model)
@@ -234,7 +234,7 @@ def load_surrogate(cfg: StaticConfig, model: LatentDiffusionModel) -> Personaliz
 def train_net(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> PerturbationNet:
     """Stage 2: train rho to maximise the frozen surrogate's loss within the budget."""
     model = model or load_model(cfg.model)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed)  # after loading: a first build of builtin:tiny draws from it
     surrogate = load_surrogate(cfg, model)
     clean = load_clean_images(cfg, model.device)
     latents = encode_batched(model, clean)

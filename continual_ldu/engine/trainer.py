@@ -14,6 +14,7 @@ max step its parameters are frozen (requires_grad off) but differentiated throug
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg, self.dist = cfg, Distributed(cfg.distributed)
-        seed_everything(cfg.run.seed)
         self.model = load_model(cfg.model).to(self.dist.device)
+        # Seed after loading: building a built-in model on first use draws from the global RNG.
+        seed_everything(cfg.run.seed)
         self.stop = StopFlag().install()
         self.state = RunState(lam=cfg.objective.lambda_init)
         self.generator = make_generator(cfg.run.seed * 1000 + self.dist.rank)
@@ -146,6 +148,7 @@ class Trainer:
             cfg.stream, cfg.out, self.dist.rank, self.dist.world_size, agree=self.dist.broadcast
         )
         self.tracker: Tracker | None = None  # opened once the run id is known (resume)
+        self.pending_positions: list[int] = []  # trained since the last committed checkpoint
 
     def _build_players(self) -> None:
         cfg = self.cfg
@@ -210,6 +213,7 @@ class Trainer:
             if self.stop.requested:
                 return
         self.pool.add(self.attacker)
+        self.pending_positions += [item.position for item in items]
         self.state.items_seen += len(items) * self.dist.world_size
         self.round_metrics(prepared, published, len(items), time.perf_counter() - started)
 
@@ -343,10 +347,26 @@ class Trainer:
         path = root / ckpt.checkpoint_name(r)
         if self.dist.is_main:
             path = ckpt.commit(root, r, self.cfg.checkpoint.keep_last)
+        self.dist.barrier()
+        self.append_ledger(path.name)
+        if self.dist.is_main:
             self.tracker.log_artifacts(path / "net", f"rounds/{path.name}/net")
             self.tracker.log_artifacts(path / "attacker", f"rounds/{path.name}/attacker")
         self.dist.barrier()
         return path
+
+    def append_ledger(self, checkpoint_name: str) -> None:
+        """Record which stream positions this rank trained on, once they are committed.
+
+        ``stream/ledger-rank-K.jsonl`` lets anyone check that every item was trained exactly
+        once up to the last committed checkpoint (positions of a crashed round are not here).
+        """
+        path = self.cfg.out / "stream" / f"ledger-rank-{self.dist.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = {"checkpoint": checkpoint_name, "positions": self.pending_positions}
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        self.pending_positions = []
 
     def load_checkpoint(self, path: Path) -> None:
         read_checkpoint(self, path)

@@ -130,7 +130,9 @@ def test_personalizer_training_changes_parameters_and_lowers_loss(
 
     train(personalizer, latents, CASES[name])
 
-    unchanged = [i for i, (p, b) in enumerate(zip(params, before_params)) if torch.equal(p, b)]
+    unchanged = [
+        i for i, (p, b) in enumerate(zip(params, before_params, strict=True)) if torch.equal(p, b)
+    ]
     assert not unchanged, f"{len(unchanged)}/{len(params)} trainable tensors did not move"
     after = fixed_loss(personalizer, latents)
     assert after < before, f"loss went {before.item():.6f} -> {after.item():.6f}"
@@ -184,7 +186,7 @@ def test_personalizer_is_deterministic_under_seed(name, tiny_model_path, images3
 
     (params_a, loss_a), (params_b, loss_b) = runs
     assert len(params_a) == len(params_b)
-    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
     assert torch.equal(loss_a, loss_b)
 
 
