@@ -34,7 +34,13 @@ def build_accelerator(cfg: DistributedConfig) -> Accelerator:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by accelerate launch / torchrun
     # Naming a backend in a single process makes accelerate expect a process group: only when launched.
     handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and launched else []
-    return Accelerator(cpu=on_cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=handlers)
+    # accelerate turns DeepSpeed off when told cpu=True; DeepSpeed runs on CPU by itself (gloo).
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(
+        cpu=on_cpu and not deepspeed,
+        mixed_precision=cfg.mixed_precision,
+        kwargs_handlers=handlers,
+    )
 
 
 class Distributed:
@@ -90,6 +96,13 @@ class Distributed:
                 net = torch.nn.parallel.DistributedDataParallel(net)
             return net, optimizer
         return self.accelerator.prepare(net, optimizer)
+
+    def backward_generator(self, loss: torch.Tensor) -> None:
+        """Backward for rho's loss (under DeepSpeed, accelerate's backward belongs to its engine)."""
+        if self.uses_deepspeed:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
         return getattr(module, "module", module)

@@ -260,7 +260,7 @@ def train_net(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> P
             "step": step,
             "personalization_loss": pers.item(),
             "lambda": state["lambda"],
-            "budget_ratio": float(dist.mean() / budget),
+            "budget_ratio": (dist.mean() / budget).item(),
             "psnr": mse_to_psnr(float(distance(protected, batch.clean, "mse").mean())),
         }
         if o.lambda_mode == "dual":

@@ -135,7 +135,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg, self.dist = cfg, Distributed(cfg.distributed)
-        self.model = load_model(cfg.model).to(self.dist.device)
+        # Rank 0 first: it builds a built-in model on first use (transformers' save_pretrained
+        # writes weights only on rank 0 of a process group), the others then read it.
+        with self.dist.accelerator.main_process_first():
+            self.model = load_model(cfg.model).to(self.dist.device)
         # Seed after loading: building a built-in model on first use draws from the global RNG.
         seed_everything(cfg.run.seed)
         self.stop = StopFlag().install()
@@ -238,7 +241,7 @@ class Trainer:
         dist = distance(protected, batch.clean, o.budget)
         loss = lagrangian(pers, budget_penalty(dist, budget), self.state.lam)
         self.net_optimizer.zero_grad(set_to_none=True)
-        self.dist.accelerator.backward(loss)
+        self.dist.backward_generator(loss)
         self.net_optimizer.step()
         for p in self.attacker_params:
             p.requires_grad_(True)

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from filelock import FileLock
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from continual_ldu.models.tiny import TinyModelConfig, save_tiny_model
@@ -57,8 +58,13 @@ def builtin_tiny_path(cfg: TinyModelConfig) -> Path:
     """Build the tiny model on first use; the folder name hashes its config."""
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_root() / f"tiny-sd-{digest}"
-    if not (folder / "model_index.json").is_file():
-        save_tiny_model(cfg, folder)
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Several ranks may ask at once: one builds, the others wait and then read it.
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "model_index.json").is_file():
+            save_tiny_model(cfg, folder)
     return folder
 
 
