@@ -17,6 +17,7 @@ from continual_ldu.config import dump_config
 from continual_ldu.data.images import save_png, to_uint8
 from continual_ldu.method.objectives import mse_to_psnr
 from continual_ldu.models.perturbation_net import PerturbationNet
+from continual_ldu.personalizers import generate_class_images
 
 
 @dataclass
@@ -36,6 +37,24 @@ class RunState:
 def encode_batched(model, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
     """VAE latents of a batch of [-1, 1] images, in chunks."""
     return torch.cat([model.encode(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+def class_latents(path: Path, cfg, model, resolution: int) -> torch.Tensor:
+    """Prior-preservation latents from the base model, generated once and cached at ``path``."""
+    if path.is_file():
+        return torch.load(path, map_location=model.device)
+    images = generate_class_images(
+        model,
+        cfg.class_prompt,
+        cfg.num_class_images,
+        cfg.class_inference_steps,
+        cfg.seed,
+        resolution,
+    )
+    latents = encode_batched(model, images.to(model.device))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(latents.cpu(), path)
+    return latents
 
 
 def rng_state(generator: torch.Generator) -> dict:

@@ -30,6 +30,7 @@ from continual_ldu.engine.distributed import AttackerRunner, Distributed, Distri
 from continual_ldu.engine.replay import ReplayBuffer, SnapshotPool
 from continual_ldu.engine.rounds import (
     RunState,
+    class_latents,
     encode_batched,
     image_grid,
     published_fidelity,
@@ -89,6 +90,7 @@ class LoopConfig:
     pool_weight: float = 0.5
     reset_attacker: bool = False
     attacker_init: str | None = None  # a fitted surrogate folder (static: k_min = 0)
+    generator_batch_size: int | None = None  # cap on items per generator step (random subset)
     log_every_steps: int = 1
 
     def validate(self) -> list[str]:
@@ -133,8 +135,10 @@ class TrainConfig:
 class Trainer:
     """Owns every side effect of a min-max run; the algorithm lives in ``continual_ldu.method``."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, flow_model=None) -> None:
+        """``flow_model``: the fitted velocity field that ``trajectory.name=flow`` needs."""
         self.cfg, self.dist = cfg, Distributed(cfg.distributed)
+        self.flow_model = flow_model
         # Rank 0 first: it builds a built-in model on first use (transformers' save_pretrained
         # writes weights only on rank 0 of a process group), the others then read it.
         with self.dist.accelerator.main_process_first():
@@ -162,9 +166,13 @@ class Trainer:
         self.net, self.net_optimizer = self.dist.prepare_generator(net, optimizer)
         trajectory_cfg = cfg.trajectory
         trajectory_cfg.gradient_checkpointing |= cfg.distributed.gradient_checkpointing
-        trajectory = build_trajectory(trajectory_cfg, self.model)
+        trajectory = build_trajectory(trajectory_cfg, self.model, self.flow_model)
         self.protector = Protector(self.model, trajectory, self.net, cfg.objective.output)
         self.attacker = build_personalizer(cfg.attacker, self.model)
+        if cfg.attacker.prior_preservation:
+            self.attacker.class_latents = class_latents(
+                cfg.out / "class_latents.pt", cfg.attacker, self.model, cfg.data.resolution
+            )
         self.attacker_params = self.attacker.trainable_parameters()
         if cfg.loop.attacker_init:
             self.attacker.load(Path(cfg.loop.attacker_init))
@@ -274,19 +282,24 @@ class Trainer:
     def mix_replay(self, prepared: Prepared) -> Prepared:
         """The round's batch plus replayed earlier items (the owner must not forget them)."""
         old = self.replay.sample(self.cfg.loop.replay_per_step, self.generator)
-        if not old:
-            return prepared
+        parts = [prepared] + (
+            [Prepared(old["clean"], old["start"], old.get("reference"))] if old else []
+        )
         device = self.dist.device
-        ref = (
-            None
-            if prepared.reference is None
-            else torch.cat([prepared.reference, old["reference"].to(device)])
+        clean, start = (
+            torch.cat([getattr(p, k).to(device) for p in parts]) for k in ("clean", "start")
         )
-        return Prepared(
-            torch.cat([prepared.clean, old["clean"].to(device)]),
-            torch.cat([prepared.start, old["start"].to(device)]),
-            ref,
-        )
+        reference = None
+        if prepared.reference is not None:
+            reference = torch.cat([p.reference.to(device) for p in parts])
+        batch = Prepared(clean, start, reference)
+        cap = self.cfg.loop.generator_batch_size
+        if cap is not None and len(clean) > cap:
+            index = torch.randperm(len(clean), generator=self.generator)[:cap].to(device)
+            batch = Prepared(
+                clean[index], start[index], None if reference is None else reference[index]
+            )
+        return batch
 
     @torch.no_grad()
     def publish(self, prepared: Prepared, items) -> torch.Tensor:

@@ -43,7 +43,7 @@ def test_static_cli_writes_every_artifact(static_run: Path):
     """The run folder holds the surrogate, rho, the metrics, PNGs under the original names."""
     expected = [
         "config.yaml",
-        "metrics.jsonl",
+        "training/metrics.jsonl",
         "surrogate/learned_embeds.safetensors",
         "perturbation_net/config.json",
         "perturbation_net/diffusion_pytorch_model.safetensors",
@@ -54,8 +54,13 @@ def test_static_cli_writes_every_artifact(static_run: Path):
     assert not missing
     names = sorted(p.stem for p in (static_run / "protected").glob("*.png"))
     assert names == sorted(p.stem for p in DEMO.glob("*.png"))
-    records = [json.loads(line) for line in (static_run / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 3 and "personalization_loss" in records[-1]
+    records = [
+        json.loads(line)
+        for line in (static_run / "training" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert (
+        records[-1]["round/items_seen"] == 24 and sum("generator_loss" in r for r in records) == 4
+    )
 
 
 def test_static_summary_matches_saved_files(static_run: Path):
