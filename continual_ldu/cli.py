@@ -53,7 +53,9 @@ def cmd_static(args: argparse.Namespace) -> int:
 
     cfg = _static_config(args)
     summary = run_static(cfg)
-    print(f"run folder: {cfg.out} (surrogate/, perturbation_net/, training/ with metrics.jsonl and MLflow, config.yaml)")
+    print(
+        f"run folder: {cfg.out} (surrogate/, perturbation_net/, training/ with metrics.jsonl and MLflow, config.yaml)"
+    )
     return _report(summary, Path(cfg.protect.output_dir or cfg.out / "protected"))
 
 

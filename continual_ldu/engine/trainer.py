@@ -9,7 +9,9 @@
                        lambda <- max(0, lambda + lr_dual * (d / budget - 1))   (dual mode)
         replay.add(B_r); pool.add(theta); log; checkpoint
 The attacker theta is carried over between rounds (reset only if ``loop.reset_attacker``). In the
-max step its parameters are frozen (requires_grad off) but differentiated through.
+max step its parameters are frozen (requires_grad off) but differentiated through. New uploads are
+published at once with the current rho (one forward pass), before the round trains on them: start
+from a trained rho (``loop.generator_init``) so that the first round is protected too.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class LoopConfig:
     reset_attacker: bool = False
     attacker_init: str | None = None  # a fitted surrogate folder (static: k_min = 0)
     generator_batch_size: int | None = None  # cap on items per generator step (random subset)
+    generator_init: str | None = None  # a trained rho folder (e.g. static LDU's perturbation_net)
     log_every_steps: int = 1
 
     def validate(self) -> list[str]:
@@ -161,7 +164,11 @@ class Trainer:
         cfg = self.cfg
         channels = self.model.unet.config.in_channels
         g = cfg.generator
-        net = PerturbationNet(channels, g.widths, g.bottleneck).to(self.dist.device)
+        net = PerturbationNet(channels, g.widths, g.bottleneck)
+        if cfg.loop.generator_init:  # a round's images are published with the current rho,
+            # so a fresh rho (zero head) publishes round 1 unprotected; a trained one does not.
+            net = PerturbationNet.from_pretrained(cfg.loop.generator_init)
+        net = net.to(self.dist.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=g.lr, weight_decay=g.weight_decay)
         self.net, self.net_optimizer = self.dist.prepare_generator(net, optimizer)
         trajectory_cfg = cfg.trajectory
@@ -174,8 +181,14 @@ class Trainer:
                 cfg.out / "class_latents.pt", cfg.attacker, self.model, cfg.data.resolution
             )
         self.attacker_params = self.attacker.trainable_parameters()
+        self.attacker_start = [p.detach().clone() for p in self.attacker_params]
         if cfg.loop.attacker_init:
             self.attacker.load(Path(cfg.loop.attacker_init))
+        if cfg.loop.reset_attacker and self.dist.uses_deepspeed:
+            raise ValueError(
+                "loop.reset_attacker is not supported under DeepSpeed (ZeRO keeps "
+                "its own master weights); use the DDP launch config"
+            )
         self.runner = AttackerRunner(
             self.dist, self.attacker, cfg.attacker.learning_rate, cfg.attacker.weight_decay
         )
@@ -209,24 +222,44 @@ class Trainer:
         return self.finish()
 
     def train_round(self, items, bar) -> None:
-        """One round: publish, inner min (attacker), outer max (generator), bookkeeping."""
+        """One round: publish, inner min (attacker), outer max (generator), bookkeeping.
+
+        A stop signal ends the round after the running step; the round still counts as trained
+        (its items are not re-read), so the checkpoint that follows stays exactly-once.
+        """
         started = time.perf_counter()
+        if not items:  # this rank's share was all quarantined: nothing new to publish here
+            raise ValueError(
+                f"round {self.state.round}: rank {self.dist.rank} received no usable item; use a "
+                "stream.batch_size of at least 2 x the number of processes"
+            )
         clean = to_tensor([prepare(item.image, self.cfg.data.resolution) for item in items])
         prepared = self.protector.prepare(clean.to(self.dist.device), self.generator)
         published = self.publish(prepared, items)
         self.replay.add(prepared, encode_batched(self.model, published))
-        for _ in range(self.cfg.loop.k_min):
-            self.min_step(bar)
-            if self.stop.requested:
-                return
-        for _ in range(self.cfg.loop.k_max):
-            self.max_step(prepared, bar)
-            if self.stop.requested:
-                return
+        if self.cfg.loop.reset_attacker:
+            self.reset_attacker()
+        self.run_steps(prepared, bar)
         self.pool.add(self.attacker)
         self.pending_positions += [item.position for item in items]
-        self.state.items_seen += len(items) * self.dist.world_size
-        self.round_metrics(prepared, published, len(items), time.perf_counter() - started)
+        self.state.items_seen = self.stream.state_dict()["cursor"]  # positions, over all ranks
+        self.round_metrics(prepared, published, len(items), time.perf_counter() - started, bar)
+
+    def run_steps(self, prepared: Prepared, bar) -> None:
+        """k_min attacker steps, then k_max generator steps; a stop signal ends them early."""
+        steps = [self.min_step] * self.cfg.loop.k_min
+        steps += [lambda b: self.max_step(prepared, b)] * self.cfg.loop.k_max
+        for step in steps:
+            step(bar)
+            if self.stop.requested:
+                return
+
+    @torch.no_grad()
+    def reset_attacker(self) -> None:
+        """A fresh attacker each round (``loop.reset_attacker``): initial weights, no moments."""
+        for param, start in zip(self.attacker_params, self.attacker_start, strict=True):
+            param.copy_(start)
+        self.runner.optimizer.state.clear()
 
     def min_step(self, bar) -> None:
         """Inner min: the attacker fine-tunes on what has been published (detached)."""
@@ -316,9 +349,10 @@ class Trainer:
         step = self.state.step_min + self.state.step_max
         if self.dist.is_main:  # the tracker also writes every call to metrics.jsonl
             self.tracker.log_metrics({"round": float(self.state.round), **metrics}, step)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+            shown = {"step": step, **{k: f"{v:.4f}" for k, v in metrics.items()}}
+            bar.set_postfix(shown, refresh=False)
 
-    def round_metrics(self, prepared, published, count: int, seconds: float) -> None:
+    def round_metrics(self, prepared, published, count: int, seconds: float, bar) -> None:
         fidelity = published_fidelity(published, prepared.clean)
         metrics = {
             **fidelity,
@@ -330,6 +364,10 @@ class Trainer:
         step = self.state.step_min + self.state.step_max
         if self.dist.is_main:
             self.tracker.log_metrics({f"round/{k}": v for k, v in metrics.items()}, step)
+            bar.set_postfix(
+                {"items/s": f"{metrics['items_per_second']:.2f}", "psnr": f"{metrics['psnr']:.1f}"},
+                refresh=False,
+            )
             if self.tracker.wants_images(self.state.round):
                 grid = image_grid(prepared.clean, published)
                 self.tracker.log_image(grid, "round_grid", self.state.round)
@@ -396,8 +434,10 @@ class Trainer:
             if final is not None and self.cfg.tracking.register_model:
                 self.tracker.register_model(final / "net", self.cfg.tracking.register_model)
             self.tracker.end()
-            print(f"run: {out}  checkpoints: {out / 'checkpoints'}  protected: {out / 'protected'}")
-            print(self.tracker.ui_hint())
+            print(
+                f"run: {out} | checkpoints: {out / 'checkpoints'} | protected images: "
+                f"{out / 'protected'} | MLflow UI: {self.tracker.ui_hint()}"
+            )
         self.stop.restore()
         return {
             "rounds": self.state.round,
