@@ -211,10 +211,21 @@ def prime_cache(args: argparse.Namespace, root: Path) -> float:
 # -- report ---------------------------------------------------------------------------------------
 
 
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def machine_facts() -> dict:
+    import torch
+
     return {
         "cpu_count": os.cpu_count(),
-        "torch": importlib.metadata.version("torch"),
+        "torch": torch.__version__,
+        "accelerate": package_version("accelerate"),
+        "deepspeed": package_version("deepspeed"),
         "python": sys.version.split()[0],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
