@@ -1,6 +1,7 @@
 """``ldu``: the command line. Every subcommand takes a recipe and ``key=value`` overrides.
 
   ldu train RECIPE [k=v ...]           the adaptive continual min-max job (resume=auto by default)
+  ldu evaluate RECIPE [k=v ...]        protect -> purify -> personalize -> generate -> metrics, report
   ldu static RECIPE [k=v ...]          fit the surrogate, train rho, protect (the paper's pipeline)
   ldu fit-surrogate RECIPE [k=v ...]   stage 1 only
   ldu train-net RECIPE [k=v ...]       stage 2 only (needs stage 1's output)
@@ -45,6 +46,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.recipe, args.overrides)
     result = Trainer(cfg).train()
     print(json.dumps(result))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from continual_ldu.config import flatten_config
+    from continual_ldu.engine.eval_tracking import log_evaluation
+    from continual_ldu.evaluation.harness import EvalConfig, Evaluation
+    from continual_ldu.evaluation.report import write_csv, write_html
+
+    cfg = load_config(EvalConfig, args.recipe, args.overrides)
+    evaluation = Evaluation(cfg)
+    rows = evaluation.run()
+    csv_path = write_csv(rows, cfg.out / "metrics.csv")
+    html_path = write_html(
+        rows, evaluation.grids, cfg.out / "report.html", "continual_ldu evaluation"
+    )
+    run_id = log_evaluation(cfg.tracking, cfg.out, rows, flatten_config(cfg), [csv_path, html_path])
+    cache = evaluation.cache
+    print(
+        f"evaluation: {len(rows)} cell(s); stages reused {cache.hits}, computed {cache.misses}; "
+        f"report {html_path}; table {csv_path}; MLflow run {run_id} in {cfg.out}"
+    )
     return 0
 
 
@@ -99,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler, help_text in [
         ("train", cmd_train, "run the adaptive continual min-max job over a stream"),
+        ("evaluate", cmd_evaluate, "evaluate protections against purifying attackers"),
         ("static", cmd_static, "fit the surrogate, train the net and protect"),
         ("fit-surrogate", cmd_fit_surrogate, "fit the surrogate personalizer on clean images"),
         ("train-net", cmd_train_net, "train the perturbation net against the surrogate"),

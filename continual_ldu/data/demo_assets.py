@@ -15,6 +15,9 @@ from PIL import Image
 SIZE = 96
 PER_SOURCE = 3
 DEMO_FOLDER = Path(__file__).resolve().parents[1] / "assets" / "demo"
+CONCEPTS_FOLDER = Path(__file__).resolve().parents[1] / "assets" / "eval_concepts"
+CONCEPTS = ("astronaut", "hopper")  # two faces: the debug evaluation's concepts
+SET_SIZE = 2
 
 
 def sources() -> dict[str, np.ndarray]:
@@ -43,6 +46,16 @@ def crops(photo: np.ndarray, rng: np.random.Generator, count: int) -> list[Image
     return out
 
 
+def write_concepts(folder: Path, photos: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """``<concept>/set_A`` and ``set_B``: disjoint crops of one photo, in the harness's layout."""
+    for name in CONCEPTS:
+        images = crops(photos[name], rng, 2 * SET_SIZE)
+        for split, part in (("set_A", images[:SET_SIZE]), ("set_B", images[SET_SIZE:])):
+            (folder / name / split).mkdir(parents=True, exist_ok=True)
+            for index, image in enumerate(part):
+                image.save(folder / name / split / f"{name}_{index}.png")
+
+
 def main(folder: Path = DEMO_FOLDER) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,6 +63,8 @@ def main(folder: Path = DEMO_FOLDER) -> None:
         for index, image in enumerate(crops(photo, rng, PER_SOURCE)):
             image.save(folder / f"{name}_{index}.png")
     print(f"wrote {len(list(folder.glob('*.png')))} images to {folder}")
+    write_concepts(CONCEPTS_FOLDER, sources(), np.random.default_rng(1))
+    print(f"wrote the evaluation concepts {CONCEPTS} to {CONCEPTS_FOLDER}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from continual_ldu.config import load_config
 from continual_ldu.data.streams.base import load_stream_config
 from continual_ldu.engine.static import StaticConfig
 from continual_ldu.engine.trainer import TrainConfig
+from continual_ldu.evaluation.harness import EvalConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -19,6 +20,7 @@ SCHEMAS = {
     "debug_static": StaticConfig,
     "adaptive": TrainConfig,
     "debug_adaptive": TrainConfig,
+    "eval": EvalConfig,
 }
 
 

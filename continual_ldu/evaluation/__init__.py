@@ -1,0 +1,1 @@
+"""The attack and evaluation harness: protect -> purify -> personalize -> generate -> measure."""
