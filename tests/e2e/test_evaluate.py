@@ -15,26 +15,40 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = str(REPO / "recipes" / "eval_debug.yaml")
 
 
+STATIC = str(REPO / "recipes" / "debug_static.yaml")
+
+
+def methods_override(net: Path) -> str:
+    return f"methods=[{{name: none, kind: none}}, {{name: ldu, kind: ldu, path: '{net}'}}]"
+
+
 @pytest.fixture(scope="module")
-def evaluation(tmp_path_factory, ldu_cache) -> tuple[Path, str]:
+def evaluation(tmp_path_factory, ldu_cache) -> Path:
+    """none vs a (debug-trained) static LDU net, each without purification and with JPEG."""
+    static = tmp_path_factory.mktemp("static")
+    assert main(["static", STATIC, f"run.output_dir={static}"]) == 0
     out = tmp_path_factory.mktemp("eval")
-    assert main(["evaluate", RECIPE, f"run.output_dir={out}"]) == 0
+    overrides = [f"run.output_dir={out}", methods_override(static / "perturbation_net")]
+    assert main(["evaluate", RECIPE, *overrides]) == 0
+    (out / "net").write_text(str(static / "perturbation_net"))
     return out
 
 
 def test_evaluate_writes_csv_rows(evaluation: Path):
-    """One CSV row per concept x purification x attacker, with numbers and skip reasons."""
+    """One CSV row per concept x method x purification x attacker, numbers and skip reasons."""
     rows = list(csv.DictReader((evaluation / "metrics.csv").open()))
-    assert len(rows) == 4
-    assert {(r["concept"], r["purification"]) for r in rows} == {
-        ("astronaut", "none"),
-        ("astronaut", "jpeg"),
-        ("hopper", "none"),
-        ("hopper", "jpeg"),
+    assert len(rows) == 8
+    assert {(r["concept"], r["method"], r["purification"]) for r in rows} == {
+        (c, m, p)
+        for c in ("astronaut", "hopper")
+        for m in ("none", "ldu")
+        for p in ("none", "jpeg")
     }
+    ldu = [r for r in rows if r["method"] == "ldu"]
+    assert all(36.0 <= float(r["psnr"]) for r in ldu)  # the budget, measured on the images
     assert all(r["lpips"].startswith("skipped: no weights") for r in rows)
     assert all(float(r["heldout_loss"]) > 0 for r in rows)
-    clean = [r for r in rows if r["purification"] == "none"]
+    clean = [r for r in rows if r["purification"] == "none" and r["method"] == "none"]
     assert all(float(r["heldout_loss_ratio"]) == 1.0 for r in clean)  # method none = the baseline
 
 
@@ -42,8 +56,9 @@ def test_evaluate_writes_self_contained_html(evaluation: Path):
     """The HTML report embeds its metrics table and image grids."""
     page = (evaluation / "report.html").read_text()
     assert "<table id='metrics'>" in page
-    assert page.count("data:image/png;base64,") >= 4
+    assert page.count("data:image/png;base64,") >= 8
     assert "skipped: no weights" in page
+    assert "id='tradeoff'" in page  # two methods: the protection/imperceptibility plot
 
 
 def test_evaluate_logs_nested_mlflow_runs(evaluation: Path):
@@ -53,7 +68,7 @@ def test_evaluate_logs_nested_mlflow_runs(evaluation: Path):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 8
     assert all("heldout_loss" in c.data.metrics for c in children)
     assert all(c.data.tags["skipped.lpips"].startswith("skipped") for c in children)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
@@ -62,6 +77,8 @@ def test_evaluate_logs_nested_mlflow_runs(evaluation: Path):
 
 def test_evaluate_second_run_reuses_cache(evaluation: Path, capsys):
     """The same inputs again: every stage comes from the cache."""
-    assert main(["evaluate", RECIPE, f"run.output_dir={evaluation}"]) == 0
+    net = Path((evaluation / "net").read_text())
+    overrides = [f"run.output_dir={evaluation}", methods_override(net)]
+    assert main(["evaluate", RECIPE, *overrides]) == 0
     out = capsys.readouterr().out
-    assert "stages reused 16, computed 0" in out
+    assert "stages reused 30, computed 0" in out
