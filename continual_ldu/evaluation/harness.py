@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from continual_ldu.config import config_to_dict
 from continual_ldu.data.images import load_folder, prepare, save_png, to_tensor, to_uint8
-from continual_ldu.engine.rounds import encode_batched
+from continual_ldu.engine.rounds import class_latents, encode_batched
 from continual_ldu.engine.static import optimize
 from continual_ldu.engine.tracking import TrackingConfig
 from continual_ldu.evaluation.cache import StageCache, file_digest, stage_key, tensor_digest
@@ -254,6 +254,12 @@ class Evaluation:
 
     def fit_attacker(self, cfg: PersonalizerConfig, images: torch.Tensor, out: Path) -> dict:
         personalizer = self.fresh_personalizer(cfg)
+        if cfg.prior_preservation:  # class images from the base model, shared by every cell
+            key = stage_key("class_latents", attacker=config_to_dict(cfg))
+            path = self.cache.root / "class_latents" / f"{key}.pt"
+            personalizer.class_latents = class_latents(
+                path, cfg, self.model, self.cfg.data.resolution
+            )
         latents = encode_batched(self.model, images.to(self.model.device))
         generator = make_generator(self.cfg.run.seed)
 
