@@ -47,31 +47,39 @@ class StageCache:
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def _stage(self, stage: str, key: str, compute, name: str, save, load):
+        """Load ``name`` from a finished stage folder, or compute, save it and mark it done."""
+        folder = self.folder(stage, key)
+        if (folder / "done").is_file():
+            self.hits += 1
+            return load(folder / name)
+        self.misses += 1
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        value = compute(folder)
+        save(value, folder / name)
+        (folder / "done").write_text(key)  # last: a half-written stage is never reused
+        return value
+
     def tensor(self, stage: str, key: str, compute: Callable[[Path], torch.Tensor]) -> torch.Tensor:
         """The stage's tensor output: loaded when cached, else computed (``compute`` may also
         write files into the folder it is given) and stored."""
-        folder = self.folder(stage, key)
-        if (folder / "done").is_file():
-            self.hits += 1
-            return torch.load(folder / "output.pt", weights_only=True)
-        self.misses += 1
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        value = compute(folder)
-        torch.save(value.cpu(), folder / "output.pt")
-        (folder / "done").write_text(key)
-        return value
+        return self._stage(
+            stage,
+            key,
+            compute,
+            "output.pt",
+            save=lambda value, path: torch.save(value.cpu(), path),
+            load=lambda path: torch.load(path, weights_only=True),
+        )
 
     def json(self, stage: str, key: str, compute: Callable[[Path], dict]) -> dict:
-        """As ``tensor``, for a JSON-able result (metrics)."""
-        folder = self.folder(stage, key)
-        if (folder / "done").is_file():
-            self.hits += 1
-            return json.loads((folder / "output.json").read_text())
-        self.misses += 1
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        value = compute(folder)
-        (folder / "output.json").write_text(json.dumps(value, indent=2, default=str))
-        (folder / "done").write_text(key)
-        return value
+        """As ``tensor``, for a JSON-able result."""
+        return self._stage(
+            stage,
+            key,
+            compute,
+            "output.json",
+            save=lambda value, path: path.write_text(json.dumps(value, indent=2, default=str)),
+            load=lambda path: json.loads(path.read_text()),
+        )
