@@ -181,9 +181,10 @@ class Trainer:
                 cfg.out / "class_latents.pt", cfg.attacker, self.model, cfg.data.resolution
             )
         self.attacker_params = self.attacker.trainable_parameters()
-        self.attacker_start = [p.detach().clone() for p in self.attacker_params]
         if cfg.loop.attacker_init:
             self.attacker.load(Path(cfg.loop.attacker_init))
+        # What reset_attacker returns to: the initial (or pre-fitted) attacker.
+        self.attacker_start = [p.detach().clone() for p in self.attacker_params]
         if cfg.loop.reset_attacker and self.dist.uses_deepspeed:
             raise ValueError(
                 "loop.reset_attacker is not supported under DeepSpeed (ZeRO keeps "
