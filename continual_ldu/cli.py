@@ -6,6 +6,7 @@
   ldu fit-surrogate RECIPE [k=v ...]   stage 1 only
   ldu train-net RECIPE [k=v ...]       stage 2 only (needs stage 1's output)
   ldu protect RECIPE [k=v ...]         stage 3 only (needs a trained net)
+  ldu reference build RECIPE [k=v ...] build the SynthFaces reference model (resumable, cached)
   ldu tiny-model OUTPUT_DIR            write the seeded tiny SD-shaped model (diffusers layout)
 
 Exit codes: 0 done; 2 bad config or input (the message says what to change); 3 done, but some
@@ -107,6 +108,15 @@ def cmd_protect(args: argparse.Namespace) -> int:
     return _report(protect(cfg), Path(cfg.protect.output_dir or cfg.out / "protected"))
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    from continual_ldu.reference.build import ReferenceConfig, build_reference
+
+    cfg = load_config(ReferenceConfig, args.recipe, args.overrides)
+    path = build_reference(cfg)
+    print(f"reference model: {path} (load it with model.pretrained={path})")
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from continual_ldu.models.tiny import TinyModelConfig, save_tiny_model
 
@@ -132,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("recipe", help="a YAML recipe from recipes/")
         sub.add_argument("overrides", nargs="*", help="key=value overrides, e.g. net.num_steps=50")
         sub.set_defaults(handler=handler)
+    reference = commands.add_parser("reference", help="the SynthFaces reference world")
+    reference.add_argument("action", choices=["build"])
+    reference.add_argument("recipe", help="recipes/reference_default.yaml or reference_quick.yaml")
+    reference.add_argument("overrides", nargs="*")
+    reference.set_defaults(handler=cmd_reference)
     tiny = commands.add_parser("tiny-model", help="write the seeded tiny SD-shaped model")
     tiny.add_argument("output_dir")
     tiny.add_argument("--seed", type=int, default=0)

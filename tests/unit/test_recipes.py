@@ -11,6 +11,7 @@ from continual_ldu.data.streams.base import load_stream_config
 from continual_ldu.engine.static import StaticConfig
 from continual_ldu.engine.trainer import TrainConfig
 from continual_ldu.evaluation.harness import EvalConfig
+from continual_ldu.reference.build import ReferenceConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -21,6 +22,7 @@ SCHEMAS = {
     "adaptive": TrainConfig,
     "debug_adaptive": TrainConfig,
     "eval": EvalConfig,
+    "reference": ReferenceConfig,
 }
 
 
