@@ -15,6 +15,7 @@ from continual_ldu.metrics.faces import FDFR, ArcFaceISM, DlibISM
 from continual_ldu.metrics.fidelity import FID, LPIPS, MSSSIM, PSNR, SSIM, FIDGenerations
 from continual_ldu.metrics.intrinsic import HeldoutAttackerLoss, heldout_attacker_loss
 from continual_ldu.metrics.quality import BRISQUE, CLIPIQA, CLIPIQAC, LIQE, SDS
+from continual_ldu.metrics.synthfaces import FDFRSynth, ISMSynth
 
 METRICS: dict[str, type[Metric]] = {
     "psnr": PSNR,
@@ -32,6 +33,8 @@ METRICS: dict[str, type[Metric]] = {
     "sds": SDS,
     "liqe": LIQE,
     "heldout_loss": HeldoutAttackerLoss,
+    "ism_synth": ISMSynth,
+    "fdfr_synth": FDFRSynth,
 }
 
 

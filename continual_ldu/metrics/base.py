@@ -91,6 +91,9 @@ class MetricsConfig:
     clip_weights: str | None = None
     # LIQE's checkpoint (LIQE.pt): a fine-tuned OpenAI CLIP ViT-B/32 state dict.
     liqe_weights: str | None = None
+    # The SynthFaces evaluators folder (identity net + face classifier) written by
+    # ``python -m continual_ldu.reference.evaluators OUT_DIR``, for ism_synth and fdfr_synth.
+    synth_evaluators_weights: str | None = None
     face_detector: Literal["retinaface", "mtcnn"] = "retinaface"
     subject: str = "face"  # the class word in CLIP-IQAC's and SDS's prompts
     heldout_num_samples: int = 8  # (t, eps) draws per latent for the held-out attacker loss

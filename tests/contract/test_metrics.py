@@ -64,6 +64,8 @@ CASES: dict[str, Case] = {
     "sds": Case(bounds=(-1, 1)),
     "liqe": Case(bounds=(1, 5)),
     "heldout_loss": Case(bounds=(0, INF)),
+    "ism_synth": Case(bounds=(-1, 1)),
+    "fdfr_synth": Case(bounds=(0, 1)),
 }
 
 
@@ -178,12 +180,28 @@ def _openai_clip(path: Path) -> None:
     torch.save(CLIP(32, vision_cfg=vision, text_cfg=text, quick_gelu=True).state_dict(), path)
 
 
+def _synth_evaluators(path: Path) -> None:
+    """Untrained SynthFaces evaluators in their real folder format (contract only)."""
+    from continual_ldu.reference.evaluators import (
+        EvaluatorConfig,
+        FaceClassifier,
+        IdentityNet,
+        save_evaluators,
+    )
+
+    torch.manual_seed(0)
+    save_evaluators(
+        path, IdentityNet([8, 16, 32, 64], 32), FaceClassifier([8, 16, 32]), EvaluatorConfig.quick()
+    )
+
+
 WRITERS = {
     "lpips_weights": ("alexnet.pth", _alexnet_features),
     "fid_inception_weights": ("inception.pth", _fid_inception),
     "arcface_weights": ("arcface.onnx", _arcface_onnx),
     "clip_weights": ("clip.pt", _openai_clip),
     "liqe_weights": ("liqe.pt", _openai_clip),
+    "synth_evaluators_weights": ("synth_evaluators", _synth_evaluators),
 }
 
 
