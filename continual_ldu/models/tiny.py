@@ -50,6 +50,26 @@ class TinyModelConfig:
         return errors
 
 
+def clip_text_encoder(
+    hidden: int, layers: int, heads: int, intermediate: int, projection_dim: int
+) -> CLIPTextModel:
+    """A randomly initialised CLIP text encoder over the real CLIP vocabulary and special ids."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=EOS_ID + 1,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=EOS_ID,
+            projection_dim=projection_dim,
+        )
+    )
+
+
 def build_tiny_components(cfg: TinyModelConfig) -> dict[str, object]:
     """Build seeded random SD-shaped components (the diffusers ``get_dummy_components`` idea)."""
     torch.manual_seed(cfg.seed)
@@ -76,19 +96,12 @@ def build_tiny_components(cfg: TinyModelConfig) -> dict[str, object]:
         sample_size=cfg.sample_size,
     )
     vae.register_to_config(scaling_factor=calibrate_scaling_factor(vae, cfg.sample_size, cfg.seed))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=EOS_ID + 1,
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_hidden * 2,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.text_heads,
-            max_position_embeddings=77,
-            bos_token_id=BOS_ID,
-            eos_token_id=EOS_ID,
-            pad_token_id=EOS_ID,
-            projection_dim=cfg.cross_attention_dim,
-        )
+    text_encoder = clip_text_encoder(
+        cfg.text_hidden,
+        cfg.text_layers,
+        cfg.text_heads,
+        cfg.text_hidden * 2,
+        cfg.cross_attention_dim,
     )
     # SD 1.x's training schedule: 1000 scaled-linear steps, epsilon prediction.
     scheduler = DDPMScheduler(

@@ -42,12 +42,12 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
 from continual_ldu.config import ConfigError, config_to_dict, load_config
 from continual_ldu.engine import checkpoint as ckpt
 from continual_ldu.models.loading import cache_root
-from continual_ldu.models.tiny import BOS_ID, EOS_ID, build_tokenizer
+from continual_ldu.models.tiny import build_tokenizer, clip_text_encoder
 from continual_ldu.reference.synthfaces import (
     SynthFacesConfig,
     heldout_identity_index,
@@ -197,20 +197,7 @@ def _make_vae(cfg: ReferenceConfig) -> AutoencoderKL:
 
 def _make_text_encoder(cfg: ReferenceConfig) -> CLIPTextModel:
     t = cfg.text
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=EOS_ID + 1,
-            hidden_size=t.hidden,
-            intermediate_size=t.hidden * 4,
-            num_hidden_layers=t.layers,
-            num_attention_heads=t.heads,
-            max_position_embeddings=77,
-            bos_token_id=BOS_ID,
-            eos_token_id=EOS_ID,
-            pad_token_id=EOS_ID,
-            projection_dim=t.hidden,
-        )
-    )
+    return clip_text_encoder(t.hidden, t.layers, t.heads, t.hidden * 4, t.hidden)
 
 
 def _make_unet(cfg: ReferenceConfig) -> UNet2DConditionModel:
