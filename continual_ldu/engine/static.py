@@ -198,25 +198,16 @@ def fit_flow(cfg: StaticConfig, model: LatentDiffusionModel, latents: torch.Tens
 
 
 def build_protector(
-    cfg: StaticConfig, model: LatentDiffusionModel, net: PerturbationNet, latents=None
+    cfg: StaticConfig, model: LatentDiffusionModel, net: PerturbationNet
 ) -> Protector:
-    """The protection map for this config (fitting the flow model first if it needs one)."""
+    """The protection map for this config (with the run's fitted flow model, if it needs one)."""
     flow = None
     if cfg.trajectory.name == "flow":
-        if latents is None and not (cfg.out / "flow" / "config.json").is_file():
+        if not (cfg.out / "flow" / "config.json").is_file():
             raise ValueError(f"trajectory.name=flow: no fitted flow model in {cfg.out / 'flow'}")
-        flow = fit_flow(cfg, model, latents)
+        flow = fit_flow(cfg, model, None)  # reads the cached model
     trajectory = build_trajectory(cfg.trajectory, model, flow)
     return Protector(model, trajectory, net, cfg.objective.output)
-
-
-def load_surrogate(cfg: StaticConfig, model: LatentDiffusionModel) -> Personalizer:
-    folder = cfg.out / "surrogate"
-    if not folder.is_dir():
-        raise ValueError(f"no fitted surrogate in {folder}: run `ldu fit-surrogate` first")
-    personalizer = build_surrogate(cfg, model)
-    personalizer.load(folder)
-    return personalizer.requires_grad_(False).eval()
 
 
 def static_train_config(cfg: StaticConfig) -> TrainConfig:
