@@ -5,7 +5,8 @@
   ldu static RECIPE [k=v ...]          fit the surrogate, train rho, protect (the paper's pipeline)
   ldu fit-surrogate RECIPE [k=v ...]   stage 1 only
   ldu train-net RECIPE [k=v ...]       stage 2 only (needs stage 1's output)
-  ldu protect RECIPE [k=v ...]         stage 3 only (needs a trained net)
+  ldu protect RECIPE [k=v ...]         stage 3 only (needs a trained net), or a pixel-space
+                                       baseline without one: protect.method=aspl (advdm, ...)
   ldu reference build RECIPE [k=v ...] build the SynthFaces reference model (resumable, cached)
   ldu tiny-model OUTPUT_DIR            write the seeded tiny SD-shaped model (diffusers layout)
 
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("static", cmd_static, "fit the surrogate, train the net and protect"),
         ("fit-surrogate", cmd_fit_surrogate, "fit the surrogate personalizer on clean images"),
         ("train-net", cmd_train_net, "train the perturbation net against the surrogate"),
-        ("protect", cmd_protect, "protect a folder with a trained net"),
+        ("protect", cmd_protect, "protect a folder with a trained net or a baseline"),
     ]:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("recipe", help="a YAML recipe from recipes/")

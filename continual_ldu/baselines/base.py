@@ -109,6 +109,11 @@ class BaselineConfig:
             if f.name not in known
         ]
 
+    def prior_settings(self) -> dict[str, object]:
+        """What the class-prior latents depend on (the engine's cache key)."""
+        keys = ("class_prompt", "num_class_images", "class_inference_steps", "seed")
+        return {k: getattr(self, k) for k in keys}
+
     def with_defaults(self, defaults: dict[str, object]) -> BaselineConfig:
         """A copy with every ``None`` knob in ``defaults`` replaced by the peer's default."""
         return dataclasses.replace(

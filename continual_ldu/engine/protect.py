@@ -61,18 +61,37 @@ def read_back(path: Path) -> torch.Tensor:
 
 
 def file_fidelity(saved: Path, clean: torch.Tensor) -> dict[str, float]:
-    """PSNR and SSIM of a saved file against the clean [-1, 1] image (measured on 8 bits)."""
+    """PSNR, SSIM and L-inf (in x/255) of a saved file against the clean [-1, 1] image, on 8 bits."""
     protected = read_back(saved)
     reference = torch.from_numpy(to_uint8(clean[None]).astype(np.float32) / 255).permute(0, 3, 1, 2)
     mse = float((protected - reference).pow(2).mean())
     ssim = float(structural_similarity_index_measure(protected, reference, data_range=1.0))
+    linf = round(float((protected - reference).abs().max()) * 255)  # whole grey levels
     # An unchanged file has infinite PSNR; JSON has no infinity, so it is null and flagged.
     psnr = mse_to_psnr(mse) if mse > 0 else None
-    return {"psnr": psnr, "ssim": ssim, "identical": mse == 0}
+    return {"psnr": psnr, "ssim": ssim, "linf_255": linf, "identical": mse == 0}
+
+
+class BaselineProtector:
+    """A pixel-space baseline in the shape ``protect_folder`` expects of a ``Protector``.
+
+    ``prepare`` only carries the batch; the call runs the baseline (with gradients, inside the
+    folder loop's ``no_grad``) against ``reference``, the owner's clean set (None: each batch).
+    """
+
+    def __init__(self, baseline, reference: torch.Tensor | None = None) -> None:
+        self.baseline, self.reference, self.model = baseline, reference, baseline.model
+
+    def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        return images, generator
+
+    def __call__(self, prepared) -> tuple[torch.Tensor, None]:
+        images, generator = prepared
+        return self.baseline.protect(images, generator, reference=self.reference), None
 
 
 def protect_folder(
-    protector: Protector,
+    protector: Protector | BaselineProtector,
     input_dir: Path,
     output_dir: Path,
     resolution: int,
@@ -137,6 +156,7 @@ def summarize(
         "mean_psnr": float(np.mean(psnrs)) if psnrs else None,
         "min_psnr": float(np.min(psnrs)) if psnrs else None,
         "mean_ssim": float(np.mean([r["ssim"] for r in records])) if records else None,
+        "max_linf_255": max((r["linf_255"] for r in records), default=None),
         "seconds": seconds,
         "images": records,
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],

@@ -10,7 +10,10 @@ Every stage writes the resolved config as ``config.yaml`` beside its outputs.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +21,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from continual_ldu.config import dump_config
+from continual_ldu.baselines import BASELINES, BaselineConfig, build_baseline
+from continual_ldu.config import config_to_dict, dump_config
 from continual_ldu.data.images import load_folder, prepare, to_tensor
 from continual_ldu.data.streams import StreamConfig
 from continual_ldu.engine import checkpoint as ckpt
-from continual_ldu.engine.protect import protect_folder, write_summary
+from continual_ldu.engine.protect import BaselineProtector, protect_folder, write_summary
 from continual_ldu.engine.rounds import class_latents, encode_batched
 from continual_ldu.engine.tracking import TrackingConfig
 from continual_ldu.engine.trainer import (
@@ -86,9 +90,27 @@ class NetConfig:
 
 @dataclass
 class ProtectConfig:
+    """How ``ldu protect`` publishes a folder: with the trained LDU net, or a pixel baseline."""
+
     input_dir: str | None = None  # None: data.train_dir
     output_dir: str | None = None  # None: <run.output_dir>/protected
     batch_size: int = 8
+    method: str = "ldu"  # "ldu", or a baseline of continual_ldu.baselines.BASELINES (e.g. aspl)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # its knobs (None: peer's)
+    reference_dir: str | None = None  # clean set A for surrogate baselines; None: each batch
+
+    def validate(self) -> list[str]:
+        if self.method == "ldu":
+            return []
+        if self.method not in BASELINES:
+            return [f"method: {self.method!r} is neither 'ldu' nor one of {', '.join(BASELINES)}"]
+        if self.baseline.name not in (None, self.method):
+            return [f"baseline.name {self.baseline.name!r} contradicts method {self.method!r}"]
+        # The sub-config checks its values itself; the knobs depend on the method named here.
+        return [f"baseline.{p}" for p in self.baseline_config().unused_knobs()]
+
+    def baseline_config(self) -> BaselineConfig:
+        return dataclasses.replace(self.baseline, name=self.method)
 
 
 @dataclass
@@ -109,13 +131,18 @@ class StaticConfig:
         return Path(self.run.output_dir)
 
 
-def load_clean_images(cfg: StaticConfig, device: torch.device) -> torch.Tensor:
-    """The owner's training images as a [-1, 1] batch; skipped files are reported."""
-    loaded, skipped = load_folder(Path(cfg.data.train_dir), cfg.data.min_side, cfg.data.max_pixels)
+def load_clean_images(
+    cfg: StaticConfig, device: torch.device, folder: str | None = None
+) -> torch.Tensor:
+    """The owner's training images (or ``folder``'s) as a [-1, 1] batch; skips are reported."""
+    folder, key = (
+        (folder, "protect.reference_dir") if folder else (cfg.data.train_dir, "data.train_dir")
+    )
+    loaded, skipped = load_folder(Path(folder), cfg.data.min_side, cfg.data.max_pixels)
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}")
     if not loaded:
-        raise ValueError(f"data.train_dir: no usable images in {cfg.data.train_dir}")
+        raise ValueError(f"{key}: no usable images in {folder}")
     return to_tensor([prepare(item.image, cfg.data.resolution) for item in loaded]).to(device)
 
 
@@ -274,6 +301,8 @@ def train_net(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> P
 def protect(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> dict:
     """Stage 3: one forward pass per image over ``protect.input_dir``; PNGs and summary.json."""
     model = model or load_model(cfg.model)
+    if cfg.protect.method != "ldu":
+        return protect_with_baseline(cfg, model)
     folder = cfg.out / "perturbation_net"
     if not (folder / "config.json").is_file():
         raise ValueError(f"no trained perturbation net in {folder}: run `ldu train-net` first")
@@ -295,6 +324,48 @@ def protect(cfg: StaticConfig, model: LatentDiffusionModel | None = None) -> dic
     write_summary(summary, output_dir / "summary.json")
     dump_config(cfg, output_dir / "config.yaml")
     return summary
+
+
+def protect_with_baseline(cfg: StaticConfig, model: LatentDiffusionModel) -> dict:
+    """``ldu protect`` with ``protect.method=<baseline>``: the same PNGs and summary as LDU's.
+
+    The folder loop's budget check gets half a grey level of slack over the baseline's whole
+    levels (k/255 is not exact in float32); the summary states the budget as configured and
+    measures ``linf_255`` and PSNR on every saved file.
+    """
+    baseline = build_baseline(cfg.protect.baseline_config(), model)
+    seed_everything(cfg.run.seed)
+    if baseline.needs_class_latents:
+        baseline.class_latents = baseline_class_latents(cfg, baseline.cfg, model)
+    reference = None
+    if cfg.protect.reference_dir:
+        reference = load_clean_images(cfg, model.device, cfg.protect.reference_dir)
+    output_dir = Path(cfg.protect.output_dir or cfg.out / "protected")
+    summary = protect_folder(
+        BaselineProtector(baseline, reference),
+        Path(cfg.protect.input_dir or cfg.data.train_dir),
+        output_dir,
+        cfg.data.resolution,
+        "linf",
+        (math.floor(baseline.cfg.eps + 1e-6) + 0.5) / 255,
+        cfg.protect.batch_size,
+        cfg.data.min_side,
+        cfg.data.max_pixels,
+        cfg.run.seed,
+    )
+    summary["budget"] = {"kind": "linf", "linf_255": baseline.cfg.eps}
+    summary["method"] = config_to_dict(baseline.cfg)
+    write_summary(summary, output_dir / "summary.json")
+    dump_config(cfg, output_dir / "config.yaml")
+    return summary
+
+
+def baseline_class_latents(cfg: StaticConfig, prior, model: LatentDiffusionModel) -> torch.Tensor:
+    """A baseline's class-prior latents, generated once per prior setting and cached in the run."""
+    key = json.dumps([prior.prior_settings(), cfg.data.resolution], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = cfg.out / f"baseline_class_latents_{digest}.pt"
+    return class_latents(path, prior, model, cfg.data.resolution)
 
 
 def run_static(cfg: StaticConfig) -> dict:

@@ -21,6 +21,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from continual_ldu.baselines import BASELINES, BaselineConfig, build_baseline
 from continual_ldu.config import config_to_dict
 from continual_ldu.data.images import load_folder, prepare, save_png, to_tensor, to_uint8
 from continual_ldu.engine.rounds import class_latents, encode_batched
@@ -53,16 +54,20 @@ class EvalDataConfig:
 
 @dataclass
 class MethodSpec:
-    """A protection to evaluate: ``none`` or an LDU net (a ``perturbation_net`` folder, or a
-    min-max run's checkpoint folder, whose ``net/`` is used)."""
+    """A protection to evaluate: ``none``, an LDU net (a ``perturbation_net`` folder, or a
+    min-max run's checkpoint folder, whose ``net/`` is used), or a pixel-space baseline
+    (``kind: baseline, baseline: {name: aspl, ...}``; knobs left out take the peer's defaults)."""
 
     name: str = "none"
-    kind: Literal["none", "ldu"] = "none"
+    kind: Literal["none", "ldu", "baseline"] = "none"
     path: str | None = None
+    baseline: BaselineConfig | None = None
 
     def validate(self) -> list[str]:
         if self.kind == "ldu" and not self.path:
             return [f"method {self.name!r}: kind=ldu needs path (a perturbation_net folder)"]
+        if self.kind == "baseline" and (self.baseline is None or self.baseline.name is None):
+            return [f"method {self.name!r}: kind=baseline needs baseline.name (e.g. aspl)"]
         return []
 
 
@@ -162,7 +167,7 @@ class Evaluation:
             i: self.clean_baseline(a, set_a, set_b, key_b) for i, a in enumerate(self.cfg.attackers)
         }
         for method in self.cfg.methods:
-            protected, key_p = self.protect(method, set_b, key_b)
+            protected, key_p = self.protect(method, set_b, key_b, set_a)
             fidelity = self.measure("fidelity", to_unit(protected), to_unit(set_b))
             for purification in self.cfg.purifications:
                 purified, key_u = self.purify(purification, protected, key_p)
@@ -193,9 +198,11 @@ class Evaluation:
 
     # -- stages ----------------------------------------------------------------------------
 
-    def protect(self, method: MethodSpec, set_b: torch.Tensor, key_b: str):
+    def protect(self, method: MethodSpec, set_b: torch.Tensor, key_b: str, set_a=None):
         if method.kind == "none":
             return set_b, stage_key("protect", images=key_b, method="none")
+        if method.kind == "baseline":
+            return self.protect_with_baseline(method.baseline, set_b, key_b, set_a)
         folder = Path(method.path)
         folder = folder / "net" if (folder / "net" / "config.json").is_file() else folder
         key = stage_key(
@@ -215,6 +222,33 @@ class Evaluation:
                 protected, _ = protector(protector.prepare(x, make_generator(self.cfg.run.seed)))
                 o = self.cfg.objective
                 final, _ = enforce_budget(x, protected, o.budget, o.budget_value)
+            self.save_images(final, out)
+            return final.cpu()
+
+        return self.cache.tensor("protect", key, compute), key
+
+    def protect_with_baseline(self, cfg: BaselineConfig, set_b, key_b: str, set_a):
+        """A pixel-space baseline on set_B, with clean set_A as the reference of the peers that
+        fit a surrogate; keyed on the baseline's config, the images and (where used) set_A."""
+        uses_reference = BASELINES[cfg.name].uses_reference and set_a is not None
+        key = stage_key(
+            "protect",
+            images=key_b,
+            baseline=config_to_dict(cfg),
+            reference=tensor_digest(set_a) if uses_reference else None,
+            seed=self.cfg.run.seed,
+        )
+
+        def compute(out: Path) -> torch.Tensor:
+            baseline, res = build_baseline(cfg, self.model), self.cfg.data.resolution
+            if baseline.needs_class_latents:  # class-prior latents, cached like the attackers'
+                prior = stage_key("class_latents", prior=baseline.cfg.prior_settings(), res=res)
+                path = self.cache.root / "class_latents" / f"{prior}.pt"
+                baseline.class_latents = class_latents(path, baseline.cfg, self.model, res)
+            device = self.model.device
+            reference = set_a.to(device) if uses_reference else None
+            generator = make_generator(self.cfg.run.seed)
+            final = baseline.protect(set_b.to(device), generator, reference=reference)
             self.save_images(final, out)
             return final.cpu()
 
