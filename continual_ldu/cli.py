@@ -8,6 +8,7 @@
   ldu protect RECIPE [k=v ...]         stage 3 only (needs a trained net), or a pixel-space
                                        baseline without one: protect.method=aspl (advdm, ...)
   ldu reference build RECIPE [k=v ...] build the SynthFaces reference model (resumable, cached)
+  ldu bench synthfaces RECIPE [k=v ...] methods x purifications x attackers on SynthFaces: a table
   ldu tiny-model OUTPUT_DIR            write the seeded tiny SD-shaped model (diffusers layout)
 
 Exit codes: 0 done; 2 bad config or input (the message says what to change); 3 done, but some
@@ -52,23 +53,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from continual_ldu.config import flatten_config
-    from continual_ldu.engine.eval_tracking import log_evaluation
+    from continual_ldu.engine.eval_tracking import evaluate_and_report
     from continual_ldu.evaluation.harness import EvalConfig, Evaluation
-    from continual_ldu.evaluation.report import write_csv, write_html
 
     cfg = load_config(EvalConfig, args.recipe, args.overrides)
     evaluation = Evaluation(cfg)
-    rows = evaluation.run()
-    csv_path = write_csv(rows, cfg.out / "metrics.csv")
-    html_path = write_html(
-        rows, evaluation.grids, cfg.out / "report.html", "continual_ldu evaluation"
-    )
-    run_id = log_evaluation(cfg.tracking, cfg.out, rows, flatten_config(cfg), [csv_path, html_path])
+    rows, paths, run_id = evaluate_and_report(cfg, evaluation, "continual_ldu evaluation")
     cache = evaluation.cache
     print(
         f"evaluation: {len(rows)} cell(s); stages reused {cache.hits}, computed {cache.misses}; "
-        f"report {html_path}; table {csv_path}; MLflow run {run_id} in {cfg.out}"
+        f"report {paths['html']}; table {paths['csv']}; MLflow run {run_id} in {cfg.out}"
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from continual_ldu.engine.synth_bench import SynthBenchConfig, run_bench
+
+    cfg = load_config(SynthBenchConfig, args.recipe, args.overrides)
+    summary = run_bench(cfg)
+    check = summary["world_check"]
+    print(
+        f"SynthFaces bench: {summary['wall_seconds'] / 60:.1f} min; world check: detector rate "
+        f"{check['detector_rate']:.2f}, ISM own vs other "
+        + ", ".join(
+            f"{a} {g['ism_own']:.3f}/{g['ism_other']:.3f}" for a, g in check["ism_gap"].items()
+        )
+        + f"; table {cfg.out / 'bench.md'}; report {summary['html']}; MLflow run "
+        f"{summary['mlflow_run_id']} in {cfg.out}"
     )
     return 0
 
@@ -143,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("recipe", help="a YAML recipe from recipes/")
         sub.add_argument("overrides", nargs="*", help="key=value overrides, e.g. net.num_steps=50")
         sub.set_defaults(handler=handler)
+    bench = commands.add_parser("bench", help="benchmarks on the SynthFaces world")
+    bench.add_argument("suite", choices=["synthfaces"])
+    bench.add_argument(
+        "recipe", help="recipes/bench_synthfaces_quick.yaml or bench_synthfaces.yaml"
+    )
+    bench.add_argument("overrides", nargs="*")
+    bench.set_defaults(handler=cmd_bench)
     reference = commands.add_parser("reference", help="the SynthFaces reference world")
     reference.add_argument("action", choices=["build"])
     reference.add_argument("recipe", help="recipes/reference_default.yaml or reference_quick.yaml")

@@ -20,6 +20,25 @@ from continual_ldu.engine.tracking import TrackingConfig, _local_uri
 KEYS = ("concept", "method", "purification", "attacker")
 
 
+def evaluate_and_report(cfg, evaluation, title: str, extra=None):
+    """Run ``evaluation`` (an :class:`~continual_ldu.evaluation.harness.Evaluation` of ``cfg``),
+    add ``extra(row)`` columns, write ``metrics.csv`` and ``report.html`` and log to MLflow.
+
+    Returns ``(rows, {"csv": path, "html": path}, mlflow run id or None)``."""
+    from continual_ldu.config import flatten_config
+    from continual_ldu.evaluation.report import write_csv, write_html
+
+    rows = evaluation.run()
+    for row in rows if extra else ():
+        row.update(extra(row))
+    paths = {
+        "csv": write_csv(rows, cfg.out / "metrics.csv"),
+        "html": write_html(rows, evaluation.grids, cfg.out / "report.html", title),
+    }
+    run_id = log_evaluation(cfg.tracking, cfg.out, rows, flatten_config(cfg), list(paths.values()))
+    return rows, paths, run_id
+
+
 def log_evaluation(
     cfg: TrackingConfig, run_dir: Path, rows: list[dict], params: dict, artifacts: list[Path]
 ) -> str | None:

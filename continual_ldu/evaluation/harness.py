@@ -123,7 +123,7 @@ def find_concepts(cfg: EvalConfig) -> list[Path]:
 
 
 def load_set(folder: Path, resolution: int) -> torch.Tensor:
-    loaded, skipped = load_folder(folder)
+    loaded, skipped = load_folder(folder, min_side=min(resolution, 64))  # 32-px worlds too
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}")
     return to_tensor([prepare(item.image, resolution) for item in loaded])
@@ -132,6 +132,44 @@ def load_set(folder: Path, resolution: int) -> torch.Tensor:
 def attacker_token(cfg: PersonalizerConfig) -> str:
     """The word that names the concept in this attacker's prompts."""
     return cfg.placeholder_token if cfg.name == "textual_inversion" else cfg.token
+
+
+def sampling_pipeline(model, unet=None, text_encoder=None) -> StableDiffusionPipeline:
+    """A DDIM text-to-image pipeline on ``model``'s parts (``unet`` / ``text_encoder``: fine-tuned
+    copies), without safety checker or progress bar."""
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=text_encoder or model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=unet or model.unet,
+        scheduler=DDIMScheduler.from_config(model.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def sample(
+    pipe, prompts: list[str], resolution: int, g: GenerationConfig, steps: int
+) -> torch.Tensor:
+    """Seeded generations for ``prompts`` in batches of ``g.batch_size``, in [0, 1]."""
+    generator = torch.Generator("cpu").manual_seed(g.seed)
+    images = [
+        pipe(
+            prompts[start : start + g.batch_size],
+            height=resolution,
+            width=resolution,
+            num_inference_steps=steps,
+            guidance_scale=g.guidance_scale,
+            generator=generator,
+            output_type="pt",
+        ).images
+        for start in range(0, len(prompts), g.batch_size)
+    ]
+    return torch.cat(images)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -320,37 +358,12 @@ class Evaluation:
 
     @torch.no_grad()
     def generate(self, cfg: PersonalizerConfig, personalizer, out: Path) -> torch.Tensor:
-        g, base = self.cfg.generation, personalizer.base
-        pipe = StableDiffusionPipeline(
-            vae=base.vae,
-            text_encoder=personalizer.text_encoder or base.text_encoder,
-            tokenizer=base.tokenizer,
-            unet=personalizer.unet,
-            scheduler=DDIMScheduler.from_config(base.scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
+        g = self.cfg.generation
+        pipe = sampling_pipeline(personalizer.base, personalizer.unet, personalizer.text_encoder)
         prompts = [p.format(token=attacker_token(cfg)) for p in g.prompts]
         prompts = [p for p in prompts for _ in range(g.num_images_per_prompt)]
-        generator = torch.Generator("cpu").manual_seed(g.seed)
-        images = []
-        for start in range(0, len(prompts), g.batch_size):
-            images.append(
-                pipe(
-                    prompts[start : start + g.batch_size],
-                    height=self.cfg.data.resolution,
-                    width=self.cfg.data.resolution,
-                    num_inference_steps=g.num_inference_steps,
-                    guidance_scale=g.guidance_scale,
-                    generator=generator,
-                    output_type="pt",
-                ).images
-                * 2
-                - 1
-            )
-        result = torch.cat(images).cpu()
+        images = sample(pipe, prompts, self.cfg.data.resolution, g, g.num_inference_steps)
+        result = (images * 2 - 1).cpu()
         self.save_images(result, out)
         return result
 

@@ -23,6 +23,8 @@ from continual_ldu.models.tiny import TinyModelConfig, save_tiny_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BUILTIN_PREFIX = "builtin:"
+REFERENCE_PREFIX = "reference:"  # reference:default / reference:quick, the SynthFaces models
+REFERENCE_PRESETS = ("default", "quick")
 
 
 @dataclass
@@ -39,6 +41,10 @@ class ModelConfig:
     def validate(self) -> list[str]:
         if self.pretrained.startswith(BUILTIN_PREFIX) and self.pretrained != "builtin:tiny":
             return [f"pretrained: unknown built-in model {self.pretrained!r}; use 'builtin:tiny'"]
+        preset = self.pretrained.removeprefix(REFERENCE_PREFIX)
+        if self.pretrained.startswith(REFERENCE_PREFIX) and preset not in REFERENCE_PRESETS:
+            known = ", ".join(REFERENCE_PREFIX + name for name in REFERENCE_PRESETS)
+            return [f"pretrained: unknown reference model {self.pretrained!r}; use one of {known}"]
         return []
 
 
@@ -138,6 +144,10 @@ def load_model(cfg: ModelConfig) -> LatentDiffusionModel:
     source = cfg.pretrained
     if source.startswith(BUILTIN_PREFIX):
         source = str(builtin_tiny_path(cfg.tiny))
+    elif source.startswith(REFERENCE_PREFIX):
+        from continual_ldu.reference.build import ensure_reference
+
+        source = str(ensure_reference(source.removeprefix(REFERENCE_PREFIX)))
     elif source.startswith((".", "/", "~")) and not Path(source).expanduser().is_dir():
         raise ValueError(f"model.pretrained: folder {source} does not exist")
     dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)

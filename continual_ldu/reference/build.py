@@ -41,10 +41,11 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from continual_ldu.config import ConfigError, config_to_dict, load_config
+from continual_ldu.config import ConfigError, build_config, config_to_dict, load_config
 from continual_ldu.engine import checkpoint as ckpt
 from continual_ldu.models.loading import cache_root
 from continual_ldu.models.tiny import build_tokenizer, clip_text_encoder
@@ -62,6 +63,8 @@ __all__ = [
     "UNetStageConfig",
     "VAEStageConfig",
     "build_reference",
+    "ensure_reference",
+    "reference_preset",
     "main",
 ]
 
@@ -514,6 +517,69 @@ def _unet_stage(
 
 
 # --- driver ----------------------------------------------------------------------------------
+
+
+# Named builds: ``model.pretrained: reference:<name>`` loads (building on first use) the model of
+# ReferenceConfig(**PRESETS[name]). recipes/reference_<name>.yaml spells out the same values.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "quick": {  # seconds: tiny widths, few steps, few identities, 32 px (tests, smoke runs)
+        "data": {
+            "resolution": 32,
+            "num_pretrain_identities": 4,
+            "images_per_pretrain_identity": 4,
+            "num_heldout_identities": 2,
+        },
+        "vae": {
+            "widths": [8, 16],
+            "latent_channels": 4,
+            "norm_groups": 4,
+            "steps": 12,
+            "batch_size": 8,
+            "lr": 3.0e-3,
+        },
+        "text": {"hidden": 16, "layers": 1, "heads": 2},
+        "unet": {
+            "widths": [16, 16],
+            "attention_heads": 4,
+            "norm_groups": 8,
+            "steps": 4,
+            "batch_size": 4,
+            "warmup_steps": 1,
+        },
+        "checkpoint_every": 2,
+        "heldout_eval_identities": 2,
+        "num_threads": 1,
+    },
+}
+BUILD_MINUTES = {"default": "about 45 minutes on 2 CPU cores, a few on a GPU", "quick": "seconds"}
+
+
+def reference_preset(name: str) -> ReferenceConfig:
+    if name not in PRESETS:
+        raise ConfigError([f"unknown reference model {name!r}; presets: {sorted(PRESETS)}"])
+    return build_config(ReferenceConfig, PRESETS[name])
+
+
+def ensure_reference(name: str) -> Path:
+    """The built reference model of preset ``name``; built first (saying so) when missing."""
+    cfg = reference_preset(name)
+    out = cfg.resolved_output_dir()
+    if (out / "model_index.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock"):  # several ranks may ask at once: one builds
+        if not (out / "model_index.json").is_file():
+            print(
+                f"reference:{name}: the SynthFaces reference model is not built yet; building it "
+                f"now into {out} ({BUILD_MINUTES[name]}, once; resumable: if interrupted, run "
+                "the same command again). For a quick run on the random tiny model use "
+                "model.pretrained=builtin:tiny.",
+                file=sys.stderr,
+                flush=True,
+            )
+            build_reference(cfg)
+    return out
 
 
 def build_reference(cfg: ReferenceConfig) -> Path:

@@ -23,8 +23,11 @@ their held-out accuracies and save them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +53,8 @@ __all__ = [
     "Evaluators",
     "FaceClassifier",
     "IdentityNet",
+    "ensure_evaluators",
+    "evaluators_dir",
     "face_classifier_accuracy",
     "heldout_batch",
     "jpeg",
@@ -59,6 +64,7 @@ __all__ = [
     "render_background",
     "save_evaluators",
     "shift",
+    "train_evaluators",
     "train_face_classifier",
     "train_identity_net",
     "verification_accuracy",
@@ -555,6 +561,54 @@ def load_evaluators(folder: str | Path, device: str | torch.device = "cpu") -> E
     return Evaluators(identity_net.to(device).eval(), face_classifier.to(device).eval(), cfg)
 
 
+def evaluators_dir(cfg: EvaluatorConfig) -> Path:
+    """Where :func:`ensure_evaluators` caches the nets of ``cfg``: ``<cache>/synth-evaluators-<hash>``."""
+    from continual_ldu.models.loading import cache_root
+
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / f"synth-evaluators-{digest}"
+
+
+def train_evaluators(cfg: EvaluatorConfig, folder: str | Path, progress: bool = True) -> Path:
+    """Train both nets, measure them on held-out identities, and save them with the results."""
+    cfg.check()
+    start = time.perf_counter()
+    identity_net = train_identity_net(cfg, progress)
+    identity_s = time.perf_counter() - start
+    start = time.perf_counter()
+    face_classifier = train_face_classifier(cfg, progress)
+    face_s = time.perf_counter() - start
+    results = {
+        f"verification_{probe}": verification_accuracy(identity_net, cfg, probe)
+        for probe in ("clean", "jpeg", "shift")
+    }
+    results["face_classifier_accuracy"] = face_classifier_accuracy(face_classifier, cfg)
+    results["identity_train_s"] = round(identity_s, 1)
+    results["face_train_s"] = round(face_s, 1)
+    _log(
+        progress,
+        "held-out verification accuracy: clean {verification_clean:.3f}, JPEG q75 "
+        "{verification_jpeg:.3f}, 2-px shift {verification_shift:.3f}; face classifier "
+        "accuracy {face_classifier_accuracy:.3f}; trained in {identity_train_s:.0f} s + "
+        "{face_train_s:.0f} s".format(**results),
+    )
+    staging = Path(f"{folder}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_evaluators(staging, identity_net, face_classifier, cfg, results)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return Path(folder)
+
+
+def ensure_evaluators(cfg: EvaluatorConfig, progress: bool = True) -> Path:
+    """The cached evaluators of ``cfg``, trained first if they are missing (and saying so)."""
+    folder = evaluators_dir(cfg)
+    if not (folder / CONFIG_FILE).is_file():
+        _log(progress, f"SynthFaces evaluators not found in {folder}: training them now (once)")
+        train_evaluators(cfg, folder, progress)
+    return folder
+
+
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -578,26 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(err)
         return 2
-    start = time.perf_counter()
-    identity_net = train_identity_net(cfg)
-    identity_s = time.perf_counter() - start
-    start = time.perf_counter()
-    face_classifier = train_face_classifier(cfg)
-    face_s = time.perf_counter() - start
-    results = {
-        f"verification_{probe}": verification_accuracy(identity_net, cfg, probe)
-        for probe in ("clean", "jpeg", "shift")
-    }
-    results["face_classifier_accuracy"] = face_classifier_accuracy(face_classifier, cfg)
-    results["identity_train_s"] = round(identity_s, 1)
-    results["face_train_s"] = round(face_s, 1)
-    print(
-        "held-out verification accuracy: clean {verification_clean:.3f}, JPEG q75 "
-        "{verification_jpeg:.3f}, 2-px shift {verification_shift:.3f}; face classifier "
-        "accuracy {face_classifier_accuracy:.3f}; trained in {identity_train_s:.0f} s + "
-        "{face_train_s:.0f} s".format(**results)
-    )
-    folder = save_evaluators(args.out_dir, identity_net, face_classifier, cfg, results)
+    folder = train_evaluators(cfg, args.out_dir)
     print(f"saved to {folder}")
     return 0
 
