@@ -81,6 +81,13 @@ class Distributed:
         broadcast_object_list(box, from_process=0)
         return box[0]
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one."""
+        if self.world_size == 1:
+            return flag
+        tensor = torch.tensor([float(flag)], device=self.device)
+        return bool(self.accelerator.reduce(tensor, reduction="sum").item() > 0)
+
     def mean(self, value: float) -> float:
         """The mean of a float over ranks (e.g. the budget overrun that drives lambda)."""
         if self.world_size == 1:

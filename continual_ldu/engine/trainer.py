@@ -210,14 +210,15 @@ class Trainer:
         )
         while loop.max_rounds is None or self.state.round < loop.max_rounds:
             items = self.stream.next_batch()
-            if items is None or self.stop.requested:
+            if items is None or self.stop_agreed():
                 break
             self.train_round(items, bar)
             self.state.round += 1
             bar.update(1)
-            if self.state.round % self.cfg.checkpoint.every_rounds == 0 or self.stop.requested:
+            stopping = self.stop_agreed()
+            if self.state.round % self.cfg.checkpoint.every_rounds == 0 or stopping:
                 self.save_checkpoint()
-            if self.stop.requested:
+            if stopping:
                 break
         bar.close()
         return self.finish()
@@ -252,8 +253,16 @@ class Trainer:
         steps += [lambda b: self.max_step(prepared, b)] * self.cfg.loop.k_max
         for step in steps:
             step(bar)
-            if self.stop.requested:
+            if self.stop_agreed():
                 return
+
+    def stop_agreed(self) -> bool:
+        """Whether to stop now, agreed by every rank at the same point: a signal may reach the
+        ranks a step apart, and a rank that stopped alone would leave the others waiting in a
+        collective (the all-reduce of the next step, or the checkpoint's barrier)."""
+        if self.dist.any(self.stop.requested is not None) and not self.stop.requested:
+            self.stop.requested = "a stop signal on another rank"
+        return self.stop.requested is not None
 
     @torch.no_grad()
     def reset_attacker(self) -> None:
