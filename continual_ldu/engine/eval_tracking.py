@@ -20,7 +20,7 @@ from continual_ldu.engine.tracking import TrackingConfig, _local_uri
 KEYS = ("concept", "method", "purification", "attacker")
 
 
-def evaluate_and_report(cfg, evaluation, title: str, extra=None):
+def evaluate_and_report(cfg, evaluation, title: str, extra=None, tradeoff_y="heldout_loss_ratio"):
     """Run ``evaluation`` (an :class:`~continual_ldu.evaluation.harness.Evaluation` of ``cfg``),
     add ``extra(row)`` columns, write ``metrics.csv`` and ``report.html`` and log to MLflow.
 
@@ -33,7 +33,7 @@ def evaluate_and_report(cfg, evaluation, title: str, extra=None):
         row.update(extra(row))
     paths = {
         "csv": write_csv(rows, cfg.out / "metrics.csv"),
-        "html": write_html(rows, evaluation.grids, cfg.out / "report.html", title),
+        "html": write_html(rows, evaluation.grids, cfg.out / "report.html", title, tradeoff_y),
     }
     run_id = log_evaluation(cfg.tracking, cfg.out, rows, flatten_config(cfg), list(paths.values()))
     return rows, paths, run_id

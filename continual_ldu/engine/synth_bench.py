@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import statistics
@@ -41,7 +42,7 @@ from continual_ldu.evaluation.harness import (
     sample,
     sampling_pipeline,
 )
-from continual_ldu.evaluation.report import GROUP, summarize
+from continual_ldu.evaluation.report import GROUP, summarize, tradeoff_plot
 from continual_ldu.reference.evaluators import EvaluatorConfig, ensure_evaluators, load_evaluators
 from continual_ldu.reference.synthfaces import (
     SynthFacesConfig,
@@ -52,7 +53,6 @@ from continual_ldu.reference.synthfaces import (
 )
 from continual_ldu.seeding import seed_everything
 
-BEGIN, END = "<!-- synthfaces-bench:begin -->", "<!-- synthfaces-bench:end -->"
 TABLE_METRICS = ("psnr", "ssim", "ism_synth", "fdfr_synth", "heldout_loss_ratio", "s_per_image")
 
 
@@ -89,8 +89,13 @@ class BenchMethodSpec(MethodSpec):
 
 @dataclass
 class BenchReportConfig:
-    benchmarks_md: str | None = None  # e.g. BENCHMARKS.md: replace its SynthFaces table
+    benchmarks_md: str | None = None  # e.g. BENCHMARKS.md: replace this report's section there
+    section: str = "synthfaces"  # the marker of that section (one per kind of report)
     title: str = "SynthFaces benchmark"
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
 
 
 @dataclass
@@ -218,7 +223,7 @@ def train_protection(cfg: SynthBenchConfig, method: BenchMethodSpec, train_dir: 
                 spec.recipe,
                 [*common, f"data.train_dir={train_dir}", f"data.min_side={res}", *spec.overrides],
             )
-            static.trajectory, static.objective = cfg.trajectory, cfg.objective
+            static.trajectory, static.objective = cfg.trajectory, method.objective(cfg.objective)
             run_static(static)
         return net
     from continual_ldu.engine.trainer import TrainConfig, Trainer
@@ -229,7 +234,7 @@ def train_protection(cfg: SynthBenchConfig, method: BenchMethodSpec, train_dir: 
         [*common, "stream.source=folder", f"stream.path={train_dir}", f"stream.min_side={res}"]
         + spec.overrides,
     )
-    train.trajectory, train.objective = cfg.trajectory, cfg.objective
+    train.trajectory, train.objective = cfg.trajectory, method.objective(cfg.objective)
     latest = ckpt.latest_checkpoint(out / "checkpoints")
     if latest is None or not (out / "done.json").is_file():
         Trainer(train).train()
@@ -299,17 +304,16 @@ def bench_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks(path: Path, text: str) -> None:
-    """Replace the marked SynthFaces section of ``path`` (appended when the markers are absent)."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+def update_benchmarks(path: Path, text: str, section: str, title: str) -> None:
+    """Replace the marked ``section`` of ``path`` (appended under ``title`` when it is absent)."""
+    begin, end = markers(section)
+    block = f"{begin}\n{text.rstrip()}\n{end}"
     current = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if BEGIN in current and END in current:
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if begin in current and end in current:
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
         current = pattern.sub(lambda _: block, current)
     else:
-        current = (
-            current.rstrip() + "\n\n## SynthFaces benchmark (`ldu bench synthfaces`)\n\n" + block
-        )
+        current = f"{current.rstrip()}\n\n## {title} (`ldu bench synthfaces`)\n\n{block}"
     path.write_text(current.rstrip() + "\n", encoding="utf-8")
 
 
@@ -340,8 +344,17 @@ def run_bench(cfg: SynthBenchConfig) -> dict:
     probe = [load_set(concepts_dir / "id_000" / s, cfg.data.resolution) for s in ("set_B", "set_A")]
     timing = {m.name: seconds_per_image(evaluation, m, *probe) for m in cfg.methods}
     rows, paths, run_id = evaluate_and_report(
-        cfg, evaluation, cfg.report.title, extra=lambda row: {"s_per_image": timing[row["method"]]}
+        cfg,
+        evaluation,
+        cfg.report.title,
+        extra=lambda row: {"s_per_image": timing[row["method"]]},
+        tradeoff_y="ism_synth",
     )
+    plot = tradeoff_plot(
+        [s for s in summarize(rows) if s["purification"] == "none"], "psnr", "ism_synth"
+    )
+    if plot:  # protection (ISM, lower protects more) against imperceptibility, no purification
+        (cfg.out / "tradeoff.png").write_bytes(base64.b64decode(plot))
     gap = ism_gap(evaluation.grids, sorted(concepts_dir.iterdir()), evaluators, world.resolution)
     table = bench_table(rows)
     summary = {
@@ -361,7 +374,10 @@ def run_bench(cfg: SynthBenchConfig) -> dict:
     (cfg.out / "bench.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (cfg.out / "bench.md").write_text(bench_markdown(cfg, summary, table), encoding="utf-8")
     if cfg.report.benchmarks_md:
-        update_benchmarks(Path(cfg.report.benchmarks_md), bench_markdown(cfg, summary, table))
+        r = cfg.report
+        update_benchmarks(
+            Path(r.benchmarks_md), bench_markdown(cfg, summary, table), r.section, r.title
+        )
     return summary
 
 

@@ -13,7 +13,7 @@ Every stage is cached by content (``evaluation/cache.py``): a sweep recomputes o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +62,13 @@ class MethodSpec:
     kind: Literal["none", "ldu", "baseline"] = "none"
     path: str | None = None
     baseline: BaselineConfig | None = None
+    budget_psnr_db: float | None = None  # an LDU net's own MSE budget; None: objective's
+
+    def objective(self, default: ObjectiveConfig) -> ObjectiveConfig:
+        """The objective this method protects under (its own PSNR budget, where it has one)."""
+        if self.budget_psnr_db is None:
+            return default
+        return replace(default, budget="mse", budget_psnr_db=self.budget_psnr_db)
 
     def validate(self) -> list[str]:
         if self.kind == "ldu" and not self.path:
@@ -243,22 +250,22 @@ class Evaluation:
             return self.protect_with_baseline(method.baseline, set_b, key_b, set_a)
         folder = Path(method.path)
         folder = folder / "net" if (folder / "net" / "config.json").is_file() else folder
+        o = method.objective(self.cfg.objective)
         key = stage_key(
             "protect",
             images=key_b,
             net=file_digest(folder),
             trajectory=config_to_dict(self.cfg.trajectory),
-            objective=config_to_dict(self.cfg.objective),
+            objective=config_to_dict(o),
         )
 
         def compute(out: Path) -> torch.Tensor:
             net = PerturbationNet.from_pretrained(folder).to(self.model.device).eval()
             trajectory = build_trajectory(self.cfg.trajectory, self.model)
-            protector = Protector(self.model, trajectory, net, self.cfg.objective.output)
+            protector = Protector(self.model, trajectory, net, o.output)
             with torch.no_grad():
                 x = set_b.to(self.model.device)
                 protected, _ = protector(protector.prepare(x, make_generator(self.cfg.run.seed)))
-                o = self.cfg.objective
                 final, _ = enforce_budget(x, protected, o.budget, o.budget_value)
             self.save_images(final, out)
             return final.cpu()

@@ -116,8 +116,14 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_html(rows: list[dict], grids: list[dict], path: Path, title: str) -> Path:
-    """The self-contained report page."""
+def write_html(
+    rows: list[dict],
+    grids: list[dict],
+    path: Path,
+    title: str,
+    tradeoff_y: str = "heldout_loss_ratio",
+) -> Path:
+    """The self-contained report page (the trade-off plot: ``tradeoff_y`` against PSNR)."""
     summary = summarize(rows)
     names = metric_names(rows)
     header = "".join(f"<th>{html.escape(n)}</th>" for n in [*GROUP, *names])
@@ -132,7 +138,7 @@ def write_html(rows: list[dict], grids: list[dict], path: Path, title: str) -> P
         f"<h1>{html.escape(title)}</h1>",
         f"<h2>Metrics (mean &plusmn; spread over concepts)</h2><table id='metrics'><tr>{header}</tr>{body}</table>",
     ]
-    plot = tradeoff_plot(summary, "psnr", "heldout_loss_ratio")
+    plot = tradeoff_plot(summary, "psnr", tradeoff_y)
     if plot:
         parts.append(f"<h2>Trade-off</h2><img id='tradeoff' src='data:image/png;base64,{plot}'>")
     parts.append("<h2>Images: clean | protected | purified | generations</h2>")

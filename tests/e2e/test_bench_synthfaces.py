@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from continual_ldu.cli import main
-from continual_ldu.engine.synth_bench import BEGIN, END, update_benchmarks
+from continual_ldu.engine.synth_bench import markers, update_benchmarks
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = str(REPO / "recipes" / "bench_synthfaces_debug.yaml")
@@ -69,15 +69,20 @@ def test_bench_logs_mlflow_and_updates_benchmarks_md(bench: Path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 + 8  # the parent and one nested run per cell
     md = (bench / "BENCHMARKS.md").read_text()
-    assert md.startswith("# Benchmarks\n\nkept text\n") and md.count(BEGIN) == 1
+    assert md.startswith("# Benchmarks\n\nkept text\n") and md.count(markers("synthfaces")[0]) == 1
     assert "| static_ldu | jpeg | dreambooth_lora |" in md
 
 
 def test_update_benchmarks_replaces_only_its_section(tmp_path: Path):
     path = tmp_path / "B.md"
-    path.write_text(f"# B\n\nbefore\n\n{BEGIN}\nold table\n{END}\n\nafter\n")
-    update_benchmarks(path, "new table")
-    update_benchmarks(path, "newer table")
+    begin, end = markers("a")
+    path.write_text(f"# B\n\nbefore\n\n{begin}\nold table\n{end}\n\nafter\n")
+    update_benchmarks(path, "new table", "a", "A")
+    update_benchmarks(path, "newer table", "a", "A")
+    update_benchmarks(path, "table b", "b", "Section B")  # another section is appended
     text = path.read_text()
     assert "old table" not in text and "new table\n" not in text
-    assert text.count("newer table") == 1 and "before" in text and text.endswith("after\n")
+    assert text.count("newer table") == 1 and "before" in text and "after\n" in text
+    assert text.endswith(
+        f"## Section B (`ldu bench synthfaces`)\n\n{markers('b')[0]}\ntable b\n{markers('b')[1]}\n"
+    )
