@@ -332,6 +332,7 @@ def run_bench(cfg: SynthBenchConfig) -> dict:
     cfg.data.resolution = world.resolution
     concepts_dir, train_dir = write_world(world, cfg.world, cfg.out / "world")
     cfg.data.concepts_dir = str(concepts_dir)
+    cfg.data.concepts = [f"id_{k:03d}" for k in range(cfg.world.num_concepts)]
     evaluators_path = ensure_evaluators(cfg.evaluators)
     cfg.metrics.synth_evaluators_weights = str(evaluators_path)
     evaluators = load_evaluators(evaluators_path)
@@ -355,7 +356,8 @@ def run_bench(cfg: SynthBenchConfig) -> dict:
     )
     if plot:  # protection (ISM, lower protects more) against imperceptibility, no purification
         (cfg.out / "tradeoff.png").write_bytes(base64.b64decode(plot))
-    gap = ism_gap(evaluation.grids, sorted(concepts_dir.iterdir()), evaluators, world.resolution)
+    concepts = [concepts_dir / name for name in cfg.data.concepts]
+    gap = ism_gap(evaluation.grids, concepts, evaluators, world.resolution)
     table = bench_table(rows)
     summary = {
         "model": str(model_path),

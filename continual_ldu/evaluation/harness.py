@@ -63,12 +63,14 @@ class MethodSpec:
     path: str | None = None
     baseline: BaselineConfig | None = None
     budget_psnr_db: float | None = None  # an LDU net's own MSE budget; None: objective's
+    roundtrip: bool | None = None  # an LDU net trained on encode(x'); None: objective's
 
     def objective(self, default: ObjectiveConfig) -> ObjectiveConfig:
-        """The objective this method protects under (its own PSNR budget, where it has one)."""
-        if self.budget_psnr_db is None:
-            return default
-        return replace(default, budget="mse", budget_psnr_db=self.budget_psnr_db)
+        """The objective of this LDU net: the recipe's, with this method's own budget and
+        round-trip choice where it sets them."""
+        if self.budget_psnr_db is not None:
+            default = replace(default, budget="mse", budget_psnr_db=self.budget_psnr_db)
+        return default if self.roundtrip is None else replace(default, roundtrip=self.roundtrip)
 
     def validate(self) -> list[str]:
         if self.kind == "ldu" and not self.path:

@@ -106,6 +106,10 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     for px, py, label in points:
         axis.scatter(px, py)
         axis.annotate(label, (px, py), fontsize=7)
+    for s in summary:  # unchanged images (no finite x): the level to beat, as a line
+        if isinstance(s.get(y), tuple) and not isinstance(s.get(x), tuple):
+            axis.axhline(s[y][0], linestyle="--", linewidth=0.8, color="grey")
+            axis.annotate(f"{s['method']}/{s['purification']}", (points[0][0], s[y][0]), fontsize=7)
     axis.set_xlabel(x)
     axis.set_ylabel(y)
     axis.set_title("protection against imperceptibility")
