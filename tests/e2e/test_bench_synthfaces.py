@@ -49,7 +49,7 @@ def test_bench_table_rows_and_timing(bench: Path):
     assert len(rows) == len(cells) == 2 * 2 * 2
     for row in rows:
         assert 0.0 <= float(row["fdfr_synth"]) <= 1.0
-        assert -1.0 <= float(row["ism_synth"]) <= 1.0
+        assert abs(float(row["ism_synth"])) <= 1.0 + 1e-5  # a cosine (float32)
         speed = float(row["s_per_image"])
         assert speed == 0.0 if row["method"] == "none" else speed > 0.0
     summary = json.loads((bench / "bench.json").read_text())
