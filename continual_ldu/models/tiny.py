@@ -50,6 +50,19 @@ class TinyModelConfig:
         return errors
 
 
+def sd_training_scheduler() -> DDPMScheduler:
+    """SD 1.x's training schedule: 1000 scaled-linear steps, epsilon prediction."""
+    return DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
 def clip_text_encoder(
     hidden: int, layers: int, heads: int, intermediate: int, projection_dim: int
 ) -> CLIPTextModel:
@@ -103,16 +116,12 @@ def build_tiny_components(cfg: TinyModelConfig) -> dict[str, object]:
         cfg.text_hidden * 2,
         cfg.cross_attention_dim,
     )
-    # SD 1.x's training schedule: 1000 scaled-linear steps, epsilon prediction.
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-    )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "scheduler": sd_training_scheduler(),
+    }
 
 
 def build_tokenizer(folder: Path) -> CLIPTokenizer:

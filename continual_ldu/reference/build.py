@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
-    DDPMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -48,7 +47,7 @@ from transformers import CLIPTextModel
 from continual_ldu.config import ConfigError, build_config, config_to_dict, load_config
 from continual_ldu.engine import checkpoint as ckpt
 from continual_ldu.models.loading import cache_root
-from continual_ldu.models.tiny import build_tokenizer, clip_text_encoder
+from continual_ldu.models.tiny import build_tokenizer, clip_text_encoder, sd_training_scheduler
 from continual_ldu.reference.synthfaces import (
     SynthFacesConfig,
     heldout_identity_index,
@@ -218,19 +217,6 @@ def _make_unet(cfg: ReferenceConfig) -> UNet2DConditionModel:
         cross_attention_dim=cfg.text.hidden,
         attention_head_dim=u.attention_heads,
         norm_num_groups=u.norm_groups,
-    )
-
-
-def _make_scheduler() -> DDPMScheduler:
-    # SD 1.x's training schedule: 1000 scaled-linear steps, epsilon prediction.
-    return DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="epsilon",
     )
 
 
@@ -472,7 +458,7 @@ def _unet_stage(
     for module in ema.values():
         module.requires_grad_(False)
     u = cfg.unet
-    scheduler = _make_scheduler()
+    scheduler = sd_training_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     mean, std = _latent_moments(vae, images)
     scale = vae.config.scaling_factor
@@ -628,7 +614,7 @@ def _build(cfg: ReferenceConfig) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_make_scheduler(),
+        scheduler=sd_training_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
