@@ -351,10 +351,8 @@ def run_bench(cfg: SynthBenchConfig) -> dict:
         extra=lambda row: {"s_per_image": timing[row["method"]]},
         tradeoff_y="ism_synth",
     )
-    plot = tradeoff_plot(
-        [s for s in summarize(rows) if s["purification"] == "none"], "psnr", "ism_synth"
-    )
-    if plot:  # protection (ISM, lower protects more) against imperceptibility, no purification
+    plot = tradeoff_plot(summarize(rows), "psnr", "ism_synth")
+    if plot:  # protection (ISM: lower protects more) against imperceptibility, per purification
         (cfg.out / "tradeoff.png").write_bytes(base64.b64decode(plot))
     concepts = [concepts_dir / name for name in cfg.data.concepts]
     gap = ism_gap(evaluation.grids, concepts, evaluators, world.resolution)

@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import io
+import itertools
 import math
 import statistics
 from pathlib import Path
@@ -88,13 +89,19 @@ def grid_image(entry: dict, count: int = 4) -> np.ndarray:
     return to_uint8(make_grid(tiles, nrow=count, padding=2, pad_value=1.0)[None])[0]
 
 
+LEGEND_IN = 2.6  # inches right of the panels for the legend
+
+
+def family(method: str) -> str:
+    """``aspl@8`` -> ``aspl``: the budgets of one method make one curve."""
+    return method.split("@", 1)[0]
+
+
 def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
-    """Protection (y) against imperceptibility (x), one point per (method, purification)."""
-    points = [
-        (s[x][0], s[y][0], f"{s['method']}/{s['purification']}")
-        for s in summary
-        if isinstance(s.get(x), tuple) and isinstance(s.get(y), tuple)
-    ]
+    """Protection (y) against imperceptibility (x): one panel per purification and attacker
+    where those vary, in it one curve per method family over its budgets (``name@budget``), and
+    the unchanged images (no finite x) as the dashed level to beat."""
+    points = [s for s in summary if isinstance(s.get(x), tuple) and isinstance(s.get(y), tuple)]
     if len(points) < 2:
         return None
     import matplotlib
@@ -102,19 +109,62 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5, 4))
-    for px, py, label in points:
-        axis.scatter(px, py)
-        axis.annotate(label, (px, py), fontsize=7)
-    for s in summary:  # unchanged images (no finite x): the level to beat, as a line
-        if isinstance(s.get(y), tuple) and not isinstance(s.get(x), tuple):
-            axis.axhline(s[y][0], linestyle="--", linewidth=0.8, color="grey")
-            axis.annotate(f"{s['method']}/{s['purification']}", (points[0][0], s[y][0]), fontsize=7)
-    axis.set_xlabel(x)
-    axis.set_ylabel(y)
-    axis.set_title("protection against imperceptibility")
+    tab20 = plt.get_cmap("tab20").colors
+    palette = tab20[0::2] + tab20[1::2]  # ten distinct colours first, then their light pairs
+    varying = [k for k in ("purification", "attacker") if len({s[k] for s in summary}) > 1]
+    panels: dict[tuple, list[dict]] = {}
+    for s in summary:
+        panels.setdefault(tuple(s[k] for k in varying), []).append(s)
+    families = list(dict.fromkeys(family(s["method"]) for s in points))
+    colours = dict(zip(families, itertools.cycle(palette), strict=False))
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(3.6 * columns + LEGEND_IN, 3.2 * rows), squeeze=False
+    )
+    handles: dict[str, object] = {}
+    for axis, (key, members) in zip(axes.flat, panels.items(), strict=False):
+        for name in families:
+            curve = sorted(
+                (s for s in members if s in points and family(s["method"]) == name),
+                key=lambda s: s[x][0],
+            )
+            if not curve:
+                continue
+            (handles[name],) = axis.plot(
+                [s[x][0] for s in curve],
+                [s[y][0] for s in curve],
+                marker="o",
+                markersize=4,
+                linewidth=1,
+                color=colours[name],
+            )
+            for s in curve:
+                if "@" in s["method"]:
+                    axis.annotate(
+                        s["method"].split("@", 1)[1],
+                        (s[x][0], s[y][0]),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                        color=colours[name],
+                    )
+        for s in members:
+            if isinstance(s.get(y), tuple) and s not in points:
+                line = axis.axhline(s[y][0], linestyle="--", linewidth=0.8, color="grey")
+                handles[f"{s['method']} (unchanged: the level to beat)"] = line
+        axis.set_title(" / ".join(key), fontsize=8)
+        axis.set_xlabel(x, fontsize=8)
+        axis.set_ylabel(y, fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
+    figure.suptitle("protection against imperceptibility", fontsize=10)
+    figure.legend(
+        list(handles.values()), list(handles), fontsize=7, loc="center right", frameon=False
+    )
+    figure.tight_layout(rect=(0, 0, 1 - LEGEND_IN / (3.6 * columns + LEGEND_IN), 1))
     buffer = io.BytesIO()
-    figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
