@@ -13,6 +13,9 @@ Every stage is cached by content (``evaluation/cache.py``): a sweep recomputes o
 
 from __future__ import annotations
 
+import json
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -185,6 +188,28 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().cpu() + 1) / 2).clamp(0, 1)
 
 
+TIMING_FILE = "timing.json"
+
+
+@contextmanager
+def timed_protection(out: Path, images: int):
+    """Record the wall time of a protection (only the method's own work: no model or class-image
+    loading, no saving) in its stage folder, so the cached stage keeps its cost."""
+    started = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - started
+    (out / TIMING_FILE).write_text(json.dumps({"seconds": seconds, "images": images}))
+
+
+def protection_seconds(folder: Path) -> float | None:
+    """Seconds per image recorded by ``timed_protection`` in a protect stage folder, if any."""
+    path = folder / TIMING_FILE
+    if not path.is_file():
+        return None
+    timing = json.loads(path.read_text())
+    return timing["seconds"] / timing["images"]
+
+
 class Evaluation:
     """Runs the stage graph for one recipe; results are rows of metric values."""
 
@@ -265,10 +290,11 @@ class Evaluation:
             net = PerturbationNet.from_pretrained(folder).to(self.model.device).eval()
             trajectory = build_trajectory(self.cfg.trajectory, self.model)
             protector = Protector(self.model, trajectory, net, o.output)
-            with torch.no_grad():
+            with torch.no_grad(), timed_protection(out, len(set_b)):
                 x = set_b.to(self.model.device)
                 protected, _ = protector(protector.prepare(x, make_generator(self.cfg.run.seed)))
                 final, _ = enforce_budget(x, protected, o.budget, o.budget_value)
+                final = final.cpu()
             self.save_images(final, out)
             return final.cpu()
 
@@ -295,7 +321,8 @@ class Evaluation:
             device = self.model.device
             reference = set_a.to(device) if uses_reference else None
             generator = make_generator(self.cfg.run.seed)
-            final = baseline.protect(set_b.to(device), generator, reference=reference)
+            with timed_protection(out, len(set_b)):
+                final = baseline.protect(set_b.to(device), generator, reference=reference).cpu()
             self.save_images(final, out)
             return final.cpu()
 

@@ -53,6 +53,12 @@ def test_bench_table_rows_and_timing(bench: Path):
         speed = float(row["s_per_image"])
         assert speed == 0.0 if row["method"] == "none" else speed > 0.0
     summary = json.loads((bench / "bench.json").read_text())
+    # s/img is what the protect stage recorded for the first identity, protection work only
+    recorded = [
+        json.loads(p.read_text()) for p in (bench / "cache" / "protect").glob("*/timing.json")
+    ]
+    assert len(recorded) == 2 and all(t["images"] == 4 for t in recorded)  # static_ldu x 2 ids
+    assert summary["seconds_per_image"]["static_ldu"] in {t["seconds"] / 4 for t in recorded}
     check = summary["world_check"]
     assert check["num_generations"] == 4 and 0.0 <= check["detector_rate"] <= 1.0
     gap = check["ism_gap"]["dreambooth_lora"]
