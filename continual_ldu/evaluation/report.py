@@ -92,6 +92,11 @@ def grid_image(entry: dict, count: int = 4) -> np.ndarray:
 LEGEND_IN = 2.6  # inches right of the panels for the legend
 
 
+def panel_size(panels: int) -> tuple[float, float]:
+    """Inches per panel: one panel gets room for many curves, several share a grid of three."""
+    return (6.0, 4.5) if panels == 1 else (3.6, 3.2)
+
+
 def family(method: str) -> str:
     """``aspl@8`` -> ``aspl``: the budgets of one method make one curve."""
     return method.split("@", 1)[0]
@@ -119,8 +124,9 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     colours = dict(zip(families, itertools.cycle(palette), strict=False))
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
+    width, height = panel_size(len(panels))
     figure, axes = plt.subplots(
-        rows, columns, figsize=(3.6 * columns + LEGEND_IN, 3.2 * rows), squeeze=False
+        rows, columns, figsize=(width * columns + LEGEND_IN, height * rows), squeeze=False
     )
     handles: dict[str, object] = {}
     for axis, (key, members) in zip(axes.flat, panels.items(), strict=False):
@@ -163,7 +169,7 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     figure.legend(
         list(handles.values()), list(handles), fontsize=7, loc="center right", frameon=False
     )
-    figure.tight_layout(rect=(0, 0, 1 - LEGEND_IN / (3.6 * columns + LEGEND_IN), 1))
+    figure.tight_layout(rect=(0, 0, 1 - LEGEND_IN / (width * columns + LEGEND_IN), 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from continual_ldu.cli import main
 from continual_ldu.engine.synth_bench import markers, update_benchmarks
@@ -67,6 +68,11 @@ def test_bench_table_rows_and_timing(bench: Path):
     methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert methods[1:] == ["none", "none", "static_ldu", "static_ldu"]  # after the header row
     assert "World check" in table
+    plot = Image.open(bench / "tradeoff_heldout_ssim.png")  # a panel per purification: wide
+    assert plot.size[0] > plot.size[1]
+    # against PSNR only where a protection changed the saved images (finite PSNR)
+    changed = any(math.isfinite(float(r["psnr"])) for r in rows if r["method"] != "none")
+    assert (bench / "tradeoff.png").is_file() == changed
 
 
 def test_bench_logs_mlflow_and_updates_benchmarks_md(bench: Path):

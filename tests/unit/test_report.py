@@ -6,7 +6,13 @@ import math
 
 from PIL import Image
 
-from continual_ldu.evaluation.report import LEGEND_IN, family, summarize, tradeoff_plot
+from continual_ldu.evaluation.report import (
+    LEGEND_IN,
+    family,
+    panel_size,
+    summarize,
+    tradeoff_plot,
+)
 
 
 def rows(purifications):
@@ -60,8 +66,8 @@ def test_summary_is_mean_and_spread_over_concepts_and_unchanged_images_say_so():
 def test_tradeoff_plot_has_one_panel_per_purification():
     one = tradeoff_plot(summarize(rows(["none"])), "psnr", "ism")
     two = tradeoff_plot(summarize(rows(["none", "jpeg"])), "psnr", "ism")
-    assert width(one) == round((3.6 + LEGEND_IN) * 110)
-    assert width(two) == round((3.6 * 2 + LEGEND_IN) * 110)
+    assert width(one) == round((panel_size(1)[0] + LEGEND_IN) * 110)
+    assert width(two) == round((panel_size(2)[0] * 2 + LEGEND_IN) * 110)
 
 
 def test_tradeoff_plot_needs_two_protected_points():
