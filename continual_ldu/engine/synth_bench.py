@@ -363,8 +363,9 @@ def run_bench(cfg: SynthBenchConfig) -> dict:
         extra=lambda row: {"s_per_image": timing[row["method"]]},
         tradeoff_y="ism_synth",
     )
+    summary = summarize(rows)
     for name, x, y in TRADEOFF_PLOTS:  # protection against imperceptibility, per purification
-        plot = tradeoff_plot(summarize(rows), x, y)
+        plot = tradeoff_plot(summary, x, y)
         if plot:
             (cfg.out / name).write_bytes(base64.b64decode(plot))
     concepts = [concepts_dir / name for name in cfg.data.concepts]

@@ -296,7 +296,7 @@ class Evaluation:
                 final, _ = enforce_budget(x, protected, o.budget, o.budget_value)
                 final = final.cpu()
             self.save_images(final, out)
-            return final.cpu()
+            return final
 
         return self.cache.tensor("protect", key, compute), key
 
@@ -324,7 +324,7 @@ class Evaluation:
             with timed_protection(out, len(set_b)):
                 final = baseline.protect(set_b.to(device), generator, reference=reference).cpu()
             self.save_images(final, out)
-            return final.cpu()
+            return final
 
         return self.cache.tensor("protect", key, compute), key
 

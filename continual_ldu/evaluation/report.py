@@ -102,11 +102,20 @@ def family(method: str) -> str:
     return method.split("@", 1)[0]
 
 
+def budget(method: str) -> str:
+    """``aspl@8`` -> ``8``; ``""`` for a method without a budget suffix."""
+    return method.partition("@")[2]
+
+
 def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     """Protection (y) against imperceptibility (x): one panel per purification and attacker
     where those vary, in it one curve per method family over its budgets (``name@budget``), and
     the unchanged images (no finite x) as the dashed level to beat."""
-    points = [s for s in summary if isinstance(s.get(x), tuple) and isinstance(s.get(y), tuple)]
+
+    def plotted(s: dict) -> bool:  # a finite (x, y) point
+        return isinstance(s.get(x), tuple) and isinstance(s.get(y), tuple)
+
+    points = [s for s in summary if plotted(s)]
     if len(points) < 2:
         return None
     import matplotlib
@@ -132,7 +141,7 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
     for axis, (key, members) in zip(axes.flat, panels.items(), strict=False):
         for name in families:
             curve = sorted(
-                (s for s in members if s in points and family(s["method"]) == name),
+                (s for s in members if plotted(s) and family(s["method"]) == name),
                 key=lambda s: s[x][0],
             )
             if not curve:
@@ -146,9 +155,9 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
                 color=colours[name],
             )
             for s in curve:
-                if "@" in s["method"]:
+                if budget(s["method"]):
                     axis.annotate(
-                        s["method"].split("@", 1)[1],
+                        budget(s["method"]),
                         (s[x][0], s[y][0]),
                         fontsize=6,
                         xytext=(3, 3),
@@ -156,7 +165,7 @@ def tradeoff_plot(summary: list[dict], x: str, y: str) -> str | None:
                         color=colours[name],
                     )
         for s in members:
-            if isinstance(s.get(y), tuple) and s not in points:
+            if isinstance(s.get(y), tuple) and not plotted(s):
                 line = axis.axhline(s[y][0], linestyle="--", linewidth=0.8, color="grey")
                 handles[f"{s['method']} (unchanged: the level to beat)"] = line
         axis.set_title(" / ".join(key), fontsize=8)
